@@ -151,3 +151,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     return (x * cos.to(x.dtype)) + (rotated * sin.to(x.dtype))
+
+
+def causal_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) 1/0 mask -> boolean (B, 1, T, T): causal and no padded keys.
+
+    Each query also sees itself, so a padding query never gets an all-masked row (SDPA would return
+    NaN there, and the NaN would leak through the values of later layers).
+    """
+    t = attention_mask.shape[-1]
+    causal = causal_mask(t, t, device=attention_mask.device)
+    eye = torch.eye(t, dtype=torch.bool, device=attention_mask.device)
+    return ((causal[None] & attention_mask.bool()[:, None, :]) | eye[None])[:, None]
