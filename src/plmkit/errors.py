@@ -21,3 +21,7 @@ class DataError(PlmkitError, ValueError):
 
 class TokenizerError(PlmkitError):
     """A tokenizer that cannot be read or does not match the model."""
+
+
+class TrainingError(PlmkitError):
+    """A training run that cannot continue, such as a loss that became NaN or infinite."""

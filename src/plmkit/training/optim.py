@@ -1,0 +1,97 @@
+"""AdamW with weight decay only on matrices; warmup + cosine / linear / constant learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Names of parameters that get no weight decay: biases, norm gains and embeddings.
+
+    Decay on a norm gain or bias pulls it towards 0, which is not a simpler function, and decay on an
+    embedding row shrinks rare tokens the most (they get the fewest gradient updates to push back).
+    """
+    names: set[str] = set()
+    for module_name, module in model.named_modules():
+        is_norm = "norm" in type(module).__name__.lower()
+        is_embedding = isinstance(module, nn.Embedding) or "embed" in module_name.split(".")[-1]
+        for param_name, param in module.named_parameters(recurse=False):
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            if param.ndim < 2 or is_norm or is_embedding:
+                names.add(full)
+    return names
+
+
+def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups over the trainable parameters: decayed matrices, and `no_decay_names` undecayed."""
+    skip = no_decay_names(model)
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():  # tied parameters appear once, under their first name
+        if not param.requires_grad:
+            continue
+        (no_decay if name in skip else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_adamw(
+    param_groups: Iterable[dict[str, Any]],
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters of `param_groups`: fused on CUDA, foreach otherwise."""
+    groups = []
+    for group in param_groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        if params:
+            groups.append({**group, "params": params})
+    params = [p for g in groups for p in g["params"]]
+    on_cuda = bool(params) and all(p.device.type == "cuda" for p in params)
+    kind = {"fused": True} if on_cuda else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kind)
+
+
+def lr_factor(step: int, *, schedule: str, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the peak learning rate for optimizer step `step` (0-based).
+
+    Linear warmup reaches the peak at step `warmup_steps - 1` (it starts at 1/warmup, not 0, so no step is
+    wasted), then decays to `min_lr_ratio * lr` at the last step `max_steps - 1`.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    decay_steps = max(1, max_steps - 1 - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    if schedule == "cosine":
+        remaining = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif schedule == "linear":
+        remaining = 1.0 - progress
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+    return min_lr_ratio + (1.0 - min_lr_ratio) * remaining
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, *, schedule: str, warmup_steps: int, max_steps: int, min_lr_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR over `lr_factor`; its state (last_epoch) is the number of optimizer steps taken."""
+    factor = partial(
+        lr_factor,
+        schedule=schedule,
+        warmup_steps=warmup_steps,
+        max_steps=max_steps,
+        min_lr_ratio=min_lr_ratio,
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
