@@ -48,6 +48,7 @@ class TinyLM(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.lm_head = nn.Linear(dim, VOCAB, bias=False)
         self.lm_head.weight = self.embed_tokens.weight  # tied, as in GPT-2
+        nn.init.normal_(self.embed_tokens.weight, std=0.1)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         h = self.embed_tokens(input_ids)
@@ -78,7 +79,9 @@ def collate(examples: list[list[int]]) -> dict[str, Tensor]:
 def step_fn(model: nn.Module, batch: dict[str, Tensor]) -> StepOutput:
     logits = model(batch["input_ids"], batch["attention_mask"])
     labels = batch["labels"]
-    loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+    loss_sum = F.cross_entropy(
+        logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+    )
     return StepOutput(loss_sum=loss_sum, num_targets=(labels != -100).sum(), metrics={})
 
 

@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -407,7 +408,13 @@ def train(
                         skipped,
                     )
             optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            with (
+                warnings.catch_warnings()
+            ):  # a step skipped by the scaler or nan_policy still advances the lr
+                warnings.filterwarnings(
+                    "ignore", message="Detected call of `lr_scheduler.step", category=UserWarning
+                )
+                scheduler.step()
             step += 1
             elapsed = time.perf_counter() - started
             row["tokens_per_s"] = window.tokens / elapsed if elapsed > 0 else 0.0
