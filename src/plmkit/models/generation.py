@@ -1,0 +1,361 @@
+"""Text generation over a KV cache: greedy, sampling (temperature, top-k, top-p), beam search.
+
+The decoding strategies only see a *step function*: `step(tokens (B, T), mask (B, T) | None) ->
+logits (B, V)` for the last position, which feeds the tokens through the model and extends its cache,
+plus `reorder(rows)` for beam search. `decoder_step` builds both for a decoder-only model; an
+encoder-decoder can build its own and reuse `sample_tokens` / `beam_search` unchanged.
+
+The cache is preallocated for prompt + max_new_tokens, so each decode step has one static shape: with
+`compile=True` the step runs through `torch.compile` (and CUDA graphs on a GPU).
+
+Shape legend: B batch, T prompt length, N new tokens, V vocabulary, K beams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from plmkit.errors import ConfigError
+from plmkit.models.cache import KVCache
+from plmkit.models.heads import TaskModel
+
+StepFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass
+class Sampling:
+    """How to turn next-token logits into a token. The defaults are greedy decoding."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    repetition_penalty: float = 1.0  # 1.0: off (Keskar et al. 2019, CTRL sec. 4.1)
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature} (greedy: do_sample=False)")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ConfigError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+
+def penalize_repetition(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty on tokens already in the sequence: positive scores / penalty, negative * penalty.
+
+    scores (B, V); seen (B, V) bool.
+    """
+    if penalty == 1.0:
+        return scores
+    penalized = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return torch.where(seen, penalized, scores)
+
+
+def prompt_tokens(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, vocab_size: int
+) -> torch.Tensor:
+    """(B, V) bool: which tokens occur among each row's real (unpadded) prompt tokens."""
+    real = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
+    counts = torch.zeros(input_ids.shape[0], vocab_size, dtype=torch.long, device=input_ids.device)
+    return counts.scatter_add_(1, input_ids, real) > 0
+
+
+def filter_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k highest scores per row, -inf elsewhere."""
+    if k <= 0 or k >= scores.shape[-1]:
+        return scores
+    kth = torch.topk(scores, k, dim=-1).values[..., -1:]
+    return scores.masked_fill(scores < kth, float("-inf"))
+
+
+def filter_top_p(scores: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filtering (Holtzman et al. 2020): keep the smallest set of tokens whose probability
+    reaches p, always at least one."""
+    if p >= 1.0:
+        return scores
+    sorted_scores, order = torch.sort(scores, descending=False)
+    cumulative = sorted_scores.softmax(-1).cumsum(-1)
+    remove_sorted = cumulative <= 1 - p
+    remove_sorted[..., -1] = False
+    remove = remove_sorted.scatter(-1, order, remove_sorted)
+    return scores.masked_fill(remove, float("-inf"))
+
+
+def next_tokens(
+    logits: torch.Tensor, seen: torch.Tensor, sampling: Sampling, generator: torch.Generator | None
+) -> torch.Tensor:
+    """logits (B, V) -> tokens (B,), in transformers' processor order: penalty, temperature, top-k, top-p."""
+    scores = penalize_repetition(logits.float(), seen, sampling.repetition_penalty)
+    if not sampling.do_sample:
+        return scores.argmax(-1)
+    scores = scores / sampling.temperature
+    scores = filter_top_p(filter_top_k(scores, sampling.top_k), sampling.top_p)
+    return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def sample_tokens(
+    step: StepFn,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    max_new_tokens: int,
+    sampling: Sampling,
+    eos_ids: Sequence[int] = (),
+    pad_id: int = 0,
+    stop: Callable[[int, torch.Tensor], bool] | None = None,
+    streamer: Callable[[torch.Tensor], None] | None = None,
+    generator: torch.Generator | None = None,
+    seen: torch.Tensor | None = None,
+    step_decode: StepFn | None = None,
+) -> torch.Tensor:
+    """Greedy or sampled decoding; each row stops on its own at EOS or a stop condition.
+
+    `step` runs the prompt; `step_decode` (default `step`) runs each new token. `stop(row, tokens)` is
+    asked for unfinished rows with that row's new tokens. `seen` (B, V) marks tokens already in the
+    input for the repetition penalty. Returns new tokens (B, N), `pad_id` after a row finishes.
+    """
+    step_decode = step_decode or step
+    b = input_ids.shape[0]
+    device = input_ids.device
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
+    finished = torch.zeros(b, dtype=torch.bool, device=device)
+    logits = step(input_ids, attention_mask)  # (B, V)
+    if seen is None:
+        seen = torch.zeros(b, logits.shape[-1], dtype=torch.bool, device=device)
+    out: list[torch.Tensor] = []
+    for i in range(max_new_tokens):
+        token = next_tokens(logits, seen, sampling, generator)
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        out.append(token)
+        if streamer is not None:
+            streamer(token)
+        if eos.numel():
+            finished |= torch.isin(token, eos)
+        if stop is not None:
+            new = torch.stack(out, 1)
+            for row in (~finished).nonzero().flatten().tolist():
+                if stop(row, new[row]):
+                    finished[row] = True
+        if i == max_new_tokens - 1 or bool(finished.all()):
+            break
+        seen[torch.arange(b, device=device), token] = True
+        logits = step_decode(token[:, None], None)
+    return torch.stack(out, 1) if out else input_ids.new_zeros(b, 0)
+
+
+def beam_search(
+    step: StepFn,
+    reorder: Callable[[torch.Tensor], None],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    max_new_tokens: int,
+    num_beams: int,
+    length_penalty: float = 1.0,
+    early_stopping: bool = False,
+    eos_ids: Sequence[int] = (),
+    pad_id: int = 0,
+    repetition_penalty: float = 1.0,
+) -> torch.Tensor:
+    """Beam search with transformers' scoring, so outputs match its `generate(num_beams=K)`.
+
+    input_ids (B*K, T), each prompt repeated K times; the step function's cache holds B*K rows.
+    A finished hypothesis scores sum(log p) / (new length ** length_penalty). With early_stopping the
+    search ends once K hypotheses are finished; without, once no running beam can beat the worst
+    finished one at its current length. Returns new tokens (B, N) of the best hypothesis per prompt.
+    """
+    bk, t = input_ids.shape
+    b, k, device = bk // num_beams, num_beams, input_ids.device
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
+    keep = max(2, 1 + eos.numel()) * k  # enough candidates that K survive even if some end
+    top_k_mask = torch.arange(keep, device=device) < k
+    running = torch.full((b, k, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    finished_seqs = running.clone()
+    running_scores = torch.zeros(b, k, device=device)
+    running_scores[:, 1:] = -1e9  # identical beams at the start: only the first may expand
+    finished_scores = torch.full((b, k), -1e9, device=device)
+    is_finished = torch.zeros(b, k, dtype=torch.bool, device=device)
+    improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
+    seen = torch.zeros(bk, 1, dtype=torch.bool, device=device)
+    logits = step(input_ids, attention_mask)  # (B*K, V)
+    v = logits.shape[-1]
+    if repetition_penalty != 1.0:
+        seen = prompt_tokens(input_ids, attention_mask, v)
+    for i in range(max_new_tokens):
+        log_probs = logits.float().log_softmax(-1)
+        if repetition_penalty != 1.0:
+            log_probs = penalize_repetition(log_probs, seen, repetition_penalty)
+        scores = (log_probs.view(b, k, v) + running_scores[:, :, None]).view(b, k * v)
+        top_scores, top_idx = torch.topk(scores, keep)  # (B, 2K)
+        from_beam = top_idx // v
+        tokens = top_idx % v
+        cand = running.gather(1, from_beam[:, :, None].expand(-1, -1, max_new_tokens)).clone()
+        cand[:, :, i] = tokens
+        hits = torch.isin(tokens, eos) if eos.numel() else torch.zeros_like(tokens, dtype=torch.bool)
+        if i == max_new_tokens - 1:
+            hits = torch.ones_like(hits)
+        # Running beams for the next step: the best K candidates that did not end.
+        alive_scores = top_scores + hits.float() * -1e9
+        next_idx = torch.topk(alive_scores, k).indices
+        running = cand.gather(1, next_idx[:, :, None].expand(-1, -1, max_new_tokens))
+        running_scores = alive_scores.gather(1, next_idx)
+        # Finished hypotheses: only candidates ranked within the top K may enter.
+        just_done = hits & top_k_mask[None]
+        done_scores = top_scores / ((i + 1) ** length_penalty)
+        full = is_finished.all(-1, keepdim=True) & early_stopping
+        done_scores = done_scores + full.float() * -1e9 + (~improvable).float() * -1e9
+        done_scores = done_scores + (~just_done).float() * -1e9
+        merged_scores = torch.cat([finished_scores, done_scores], 1)
+        merged_seqs = torch.cat([finished_seqs, cand], 1)
+        merged_done = torch.cat([is_finished, just_done], 1)
+        best = torch.topk(merged_scores, k).indices
+        finished_scores = merged_scores.gather(1, best)
+        finished_seqs = merged_seqs.gather(1, best[:, :, None].expand(-1, -1, max_new_tokens))
+        is_finished = merged_done.gather(1, best)
+        # Can a running beam still beat the worst finished one? (transformers' default heuristic)
+        best_running = running_scores[:, :1] / ((i + 1) ** length_penalty)
+        worst_done = torch.where(is_finished, finished_scores.min(1, keepdim=True).values, -1e9)
+        improvable = improvable & (best_running > worst_done).any(-1, keepdim=True)
+        open_beams = not (early_stopping and bool(is_finished.all()))
+        if i == max_new_tokens - 1 or not bool(improvable.any()) or not open_beams:
+            break
+        rows = (from_beam.gather(1, next_idx) + torch.arange(b, device=device)[:, None] * k).flatten()
+        reorder(rows)
+        new_tokens = running[:, :, i].reshape(bk)
+        if repetition_penalty != 1.0:
+            seen = seen.index_select(0, rows)
+            seen[torch.arange(bk, device=device), new_tokens] = True
+        logits = step(new_tokens[:, None], None)
+    best = finished_seqs[:, 0]  # (B, N)
+    lengths = (best != pad_id).long()
+    n = int(lengths.cumsum(-1).argmax(-1).max()) + 1 if best.numel() else 0
+    return best[:, : max(n, 1)]
+
+
+def decoder_step(model: nn.Module, cache: KVCache) -> StepFn:
+    """The step function for a decoder-only causal LM (`TaskModel(backbone, LMHead)`) over `cache`.
+
+    Only the last position goes through the LM head: the prompt's other logits are never used.
+    """
+    if isinstance(model, TaskModel):
+        backbone, head = model.backbone, model.head
+
+        def step(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+            hidden = backbone(input_ids=tokens, attention_mask=mask, cache=cache)  # (B, T, D)
+            return head(hidden[:, -1:], None)[:, -1]  # (B, V)
+    else:
+
+        def step(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+            return model(input_ids=tokens, attention_mask=mask, cache=cache)[:, -1]
+
+    return step
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> left-padded ids (B, T) and mask (B, T)."""
+    t = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), t), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), t, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if len(p):
+            ids[i, t - len(p):] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, t - len(p):] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def generate(
+    model: nn.Module,
+    input_ids: torch.Tensor | Sequence[Sequence[int]],
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool = False,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    stop_strings: Sequence[str] = (),
+    tokenizer: object | None = None,
+    streamer: Callable[[torch.Tensor], None] | None = None,
+    generator: torch.Generator | None = None,
+    compile: bool = False,
+) -> torch.Tensor:
+    """Continue each prompt of a decoder-only LM; returns the new tokens (B, N), padded after a row ends.
+
+    `input_ids` is a left-padded (B, T) tensor with `attention_mask`, or a list of token lists (padded
+    here). Each row stops on its own at `eos_token_id` or when its decoded continuation contains one of
+    `stop_strings` (needs `tokenizer`); generation ends when every row has stopped or after
+    `max_new_tokens`. `streamer(tokens (B,))` is called with every new token. `compile=True` runs the
+    decode step through `torch.compile`.
+    """
+    config = model.config
+    eos_ids = [] if eos_token_id is None else (
+        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    )
+    if pad_token_id is None:
+        pad_token_id = eos_ids[0] if eos_ids else 0
+    if not isinstance(input_ids, torch.Tensor):
+        if not input_ids or any(len(p) == 0 for p in input_ids):
+            raise ConfigError("generate needs at least one non-empty prompt")
+        input_ids, attention_mask = left_pad(input_ids, pad_token_id)
+    device = next(model.parameters()).device
+    input_ids = input_ids.to(device)
+    attention_mask = None if attention_mask is None else attention_mask.to(device)
+    b, t = input_ids.shape
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if num_beams < 1:
+        raise ConfigError(f"num_beams must be >= 1, got {num_beams}")
+    context = getattr(config, "max_positions", None)
+    longest = t if attention_mask is None else int(attention_mask.sum(-1).max())
+    if context is not None and longest + max_new_tokens > context:
+        raise ConfigError(
+            f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's context "
+            f"window of {context} tokens"
+        )
+    if stop_strings and tokenizer is None:
+        raise ConfigError("stop_strings need a tokenizer to decode the continuation")
+    sampling = Sampling(do_sample, temperature, top_k, top_p, repetition_penalty)
+    dtype = next(model.parameters()).dtype
+    was_training = model.training
+    model.eval()
+    try:
+        cache = KVCache.for_model(config, b * num_beams, t + max_new_tokens, dtype, device)
+        step = decoder_step(model, cache)
+        if num_beams > 1:
+            if do_sample:
+                raise ConfigError("beam search with sampling is not supported: use num_beams=1 or greedy")
+            ids = input_ids.repeat_interleave(num_beams, 0)
+            mask = None if attention_mask is None else attention_mask.repeat_interleave(num_beams, 0)
+            return beam_search(
+                step, cache.reorder, ids, mask, max_new_tokens, num_beams, length_penalty,
+                early_stopping, eos_ids, pad_token_id, repetition_penalty,
+            )
+        stop = None
+        if stop_strings:
+
+            def stop(row: int, new: torch.Tensor) -> bool:
+                text = tokenizer.decode(new.tolist())
+                return any(s in text for s in stop_strings)
+
+        seen = None
+        if repetition_penalty != 1.0:
+            seen = prompt_tokens(input_ids, attention_mask, config.vocab_size)
+        step_decode = torch.compile(step, dynamic=False) if compile else step
+        return sample_tokens(
+            step, input_ids, attention_mask, max_new_tokens, sampling, eos_ids, pad_token_id, stop,
+            streamer, generator, seen, step_decode,
+        )
+    finally:
+        model.train(was_training)
