@@ -1,0 +1,40 @@
+"""Two CPU processes under torchrun (gloo DDP), each with half of every global batch and two accumulated
+micro-batches, log the same losses as one process with the whole batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny_run  # noqa: E402
+
+SCRIPT = Path(__file__).parent / "tiny_run.py"
+
+
+def _losses(out_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["split"] == "train"]
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    single = tiny_run.run(str(tmp_path / "single"), steps=4, batch_size=8, dropout=0.0, checkpoint_every=0)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(SCRIPT), str(tmp_path / "ddp"), "--steps", "4", "--batch-size", "2", "--grad-accum", "2",
+        "--dropout", "0", "--checkpoint-every", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ddp = _losses(tmp_path / "ddp")
+    assert ddp == pytest.approx([r["loss"] for r in single.history], rel=1e-6)
+    assert single.history[-1]["loss"] < single.history[0]["loss"]
+    # only rank 0 wrote: one metrics row per step, one set of checkpoints
+    assert len(ddp) == 4
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["metrics.jsonl", "step-2", "step-4"]
