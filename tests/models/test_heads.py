@@ -108,7 +108,7 @@ class _Embed(nn.Module):
 
 
 def test_task_model_passes_mask_to_head():
-    model = TaskModel(_Embed(), SequenceClassificationHead(D, 2, pooling="mean", activation=None))
+    model = TaskModel(_Embed(), SequenceClassificationHead(D, 2, pooling="mean", activation=None)).eval()
     ids = torch.tensor([[1, 2, 3, 0]])
     out = model(ids, torch.tensor([[1, 1, 1, 0]]))
     torch.testing.assert_close(out, model(ids[:, :3], torch.ones(1, 3, dtype=torch.long)))
