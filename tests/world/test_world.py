@@ -1,0 +1,156 @@
+import json
+import random
+from collections import Counter
+
+import pytest
+
+from plmkit.cli import main
+from plmkit.errors import DataError
+from plmkit.world import GENERATORS, SPLIT_SIZES, TAGS, World, judge, make_task, prefer, write_world
+from plmkit.world.tasks import VELLIC_NOUNS, translation_pair
+
+
+def test_same_seed_same_world_and_tasks():
+    a, b = World(3), World(3)
+    assert a.people == b.people and a.orgs == b.orgs and a.places == b.places
+    for task in GENERATORS:
+        assert make_task(a, task, "dev", 50) == make_task(b, task, "dev", 50)
+    assert a.corpus(50) == b.corpus(50)
+
+
+def test_different_seed_different_world():
+    assert World(0).people != World(1).people
+    assert make_task(World(0), "sentiment", "dev", 50) != make_task(World(1), "sentiment", "dev", 50)
+
+
+def test_write_world_is_byte_identical_for_a_seed(tmp_path):
+    write_world(tmp_path / "a", seed=5, corpus_paragraphs=50)
+    write_world(tmp_path / "b", seed=5, corpus_paragraphs=50)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert len(files) == 1 + 7 * 3 + 3 * 3
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+
+
+def test_split_sizes_are_the_documented_ones():
+    w = World(0)
+    for task, (_n_train, n_dev, n_test) in SPLIT_SIZES.items():
+        assert len(make_task(w, task, "dev")) == n_dev
+        assert len(make_task(w, task, "test")) == n_test
+    assert len(make_task(w, "sentiment", "train")) == SPLIT_SIZES["sentiment"][0]
+
+
+def test_sentiment_is_balanced_and_has_negation_and_contrast():
+    data = make_task(World(0), "sentiment", "train")
+    counts = Counter(r["label"] for r in data)
+    majority = max(counts.values()) / len(data)
+    assert 0.5 <= majority < 0.6  # a majority-class baseline is near chance
+    assert any(" not bad" in r["sentence"] and r["label"] == 1 for r in data)
+    assert any(" not good" in r["sentence"] and r["label"] == 0 for r in data)
+    contrast = [r for r in data if " but " in r["sentence"]]
+    assert len(contrast) > 0.2 * len(data)
+    # With contrast the label follows the second clause, so a single word never decides it alone.
+    assert any("good but" in r["sentence"] and r["label"] == 0 for r in contrast)
+
+
+def test_tagging_is_valid_iob2():
+    for r in make_task(World(0), "tagging", "dev"):
+        assert len(r["tokens"]) == len(r["tags"])
+        for i, tag in enumerate(r["tags"]):
+            assert tag in TAGS
+            if tag.startswith("I-"):
+                assert r["tags"][i - 1] in ("B-" + tag[2:], tag)
+    tags = Counter(t for r in make_task(World(0), "tagging", "train") for t in r["tags"])
+    for kind in ("PER", "LOC", "ORG", "MISC"):
+        assert tags["B-" + kind] > 0
+
+
+def test_qa_offsets_point_at_the_answer_about_the_asked_person():
+    w = World(0)
+    for r in make_task(w, "qa", "dev"):
+        text, start = r["answers"]["text"][0], r["answers"]["answer_start"][0]
+        assert r["context"][start : start + len(text)] == text
+        name = next(p.name for p in w.people if p.name in r["question"])
+        sentence_start = r["context"].rfind(". ", 0, start) + 2 if ". " in r["context"][:start] else 0
+        assert r["context"][sentence_start:].startswith(name)
+
+
+def test_arithmetic_solutions_are_correct_gsm8k_format():
+    for r in make_task(World(0), "arithmetic", "dev"):
+        lines = r["answer"].split("\n")
+        assert lines[-1] == f"#### {r['result']}"
+        assert len(lines) == r["steps"] + 2
+        for line in lines[1:-1]:
+            a, op, b, _, c = line.rstrip(".").split()
+            assert (int(a) + int(b) if op == "+" else int(a) - int(b)) == int(c)
+        assert r["result"] >= 0
+
+
+def test_translation_follows_vellic_rules():
+    rng = random.Random(0)
+    pair = translation_pair(rng)
+    assert pair["target"].endswith(".")
+    data = make_task(World(0), "translation", "dev")
+    # SOV: the verb comes after both noun phrases; negation is the particle "ma" at the end.
+    for r in data:
+        words = r["target"].rstrip(".").lower().split()
+        assert words[0].removesuffix("ek") in VELLIC_NOUNS.values()
+        if " not " in r["source"]:
+            assert words[-1] == "ma"
+
+
+def test_summary_keeps_the_key_facts():
+    for r in make_task(World(0), "summary", "dev", 30):
+        name = r["summary"].split(",")[0]
+        assert r["document"].startswith(name)
+        assert len(r["summary"]) < len(r["document"])
+
+
+def test_preference_rule_correct_and_polite_wins():
+    w = World(0)
+    p = w.people[0]
+    prompt = f"Where does {p.name} live?"
+    wrong = next(pl.name for pl in w.places if pl.name != p.city)
+    good = f"Sure! The answer is {p.city}."
+    rude_right = f"Ugh, obviously. The answer is {p.city}."
+    polite_wrong = f"Of course. The answer is {wrong}."
+    assert judge(w, prompt, good) == 3.0
+    assert judge(w, prompt, rude_right) == 2.0
+    assert judge(w, prompt, polite_wrong) == 1.0
+    assert prefer(w, prompt, good, rude_right) == 0 and prefer(w, prompt, polite_wrong, good) == 1
+    assert judge(w, "What is 2 plus 3?", "Sure! The answer is 5.") == 3.0
+    for r in make_task(w, "dialogue", "dev"):
+        assert judge(w, r["prompt"], r["chosen"]) > judge(w, r["prompt"], r["rejected"])
+
+
+def test_unknown_task_and_split_errors():
+    with pytest.raises(DataError, match="unknown world task 'sentimnt'"):
+        make_task(World(0), "sentimnt", "dev")
+    with pytest.raises(DataError, match="unknown split 'valid'"):
+        make_task(World(0), "sentiment", "valid")
+
+
+def test_world_command_writes_readable_formats(tmp_path, capsys):
+    out = tmp_path / "w"
+    assert (
+        main(["world", "--out", str(out), "--tasks", "sentiment,tagging,qa", "--corpus_paragraphs", "20"])
+        == 0
+    )
+    tsv = (out / "sentiment" / "dev.tsv").read_text().splitlines()
+    assert tsv[0] == "sentence\tlabel" and len(tsv) == 1 + SPLIT_SIZES["sentiment"][1]
+    assert all(line.rsplit("\t", 1)[1] in ("0", "1") for line in tsv[1:])
+    blocks = (out / "tagging" / "dev.conll").read_text().strip().split("\n\n")
+    assert len(blocks) == SPLIT_SIZES["tagging"][1]
+    assert all(len(line.split(" ")) == 2 for line in blocks[0].splitlines())
+    squad = json.loads((out / "qa" / "dev.json").read_text())
+    qa = squad["data"][0]["paragraphs"][0]
+    ans = qa["qas"][0]["answers"][0]
+    assert qa["context"][ans["answer_start"] :].startswith(ans["text"])
+    assert len((out / "corpus.txt").read_text().strip().split("\n\n")) == 20
+    assert not (out / "arithmetic").exists()
+
+
+def test_world_command_rejects_unknown_task(tmp_path, capsys):
+    assert main(["world", "--out", str(tmp_path), "--tasks", "sentimnt"]) == 2
+    assert "unknown task 'sentimnt'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
