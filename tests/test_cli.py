@@ -113,9 +113,33 @@ def test_python_dash_m_plmkit_subprocess():
     help_run = subprocess.run([sys.executable, "-m", "plmkit", "--help"], capture_output=True, text=True)
     assert help_run.returncode == 0
     assert "tokenizer train" in help_run.stdout and "data prepare" in help_run.stdout
+    # `plmkit --help` reads recipe summaries from source: it never waits for torch to import.
+    check = "import sys; from plmkit.cli import main; main(['--help']); assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True).returncode == 0
     bad = subprocess.run(
         [sys.executable, "-m", "plmkit", "nonexistent-command"], capture_output=True, text=True
     )
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: unknown command 'nonexistent-command'")
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_tokenizer_train_then_data_prepare_end_to_end(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat\n\nthe dog sat on the log\n\n" * 50)
+    tok_dir = tmp_path / "tok"
+    train = ["tokenizer", "train", f"--files={corpus}", f"--out_dir={tok_dir}"]
+    assert cli.main([*train, "--vocab_size=300"]) == 0
+    assert (tok_dir / "tokenizer.json").is_file()
+    assert cli.main(train) == 2
+    expected = f"error: {tok_dir / 'tokenizer.json'} already exists (set --overwrite to replace it)\n"
+    assert capsys.readouterr().err == expected
+    config = tmp_path / "prepare.yaml"
+    store = tmp_path / "store"
+    config.write_text(f"inputs: [{corpus}]\ntokenizer: {tok_dir}\nout_dir: {store}\nprogress: false\n")
+    assert cli.main(["data", "prepare", "--config", str(config), "--num_proc=2"]) == 0
+    out = capsys.readouterr().out
+    assert '"num_documents": 100' in out and '"dtype": "uint16"' in out
+    config.write_text("inputz: [a.txt]\n")
+    assert cli.main(["data", "prepare", "--config", str(config)]) == 2
+    assert capsys.readouterr().err == f"error: unknown key 'inputz' in {config} (did you mean 'inputs'?)\n"
