@@ -1,0 +1,179 @@
+"""PEFT invariants for every method on every model family (DESIGN.md, tests: PEFT invariants)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from plmkit.peft import (
+    BottleneckConfig,
+    IA3Config,
+    LoRAConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    adapter_parameters,
+    apply_peft,
+    check_params_changed,
+    disable_adapters,
+    fold_prefix,
+    load_adapter,
+    merge_and_unload,
+    merge_lora,
+    save_adapter,
+    snapshot_trainable,
+    trainable_report,
+    unmerge_lora,
+)
+from plmkit.training.loop import enable_activation_checkpointing
+from tests.peft.conftest import inputs, make
+
+# Methods whose adapter is the identity at initialization (zero-initialized B / up-projection, unit scales).
+IDENTITY_AT_INIT = {
+    "lora": lambda: LoRAConfig(r=4, targets="q_proj,v_proj"),
+    "lora_all": lambda: LoRAConfig(r=4, targets="all-linear", rslora=True),
+    "houlsby": lambda: BottleneckConfig(placement="houlsby", reduction=4),
+    "pfeiffer": lambda: BottleneckConfig(placement="pfeiffer", reduction=4),
+    "ia3": lambda: IA3Config(),
+}
+METHOD_OF = {"lora": "lora", "lora_all": "lora", "houlsby": "adapters", "pfeiffer": "adapters", "ia3": "ia3",
+             "prompt": "prompt", "prefix": "prefix", "prefix_plain": "prefix"}
+ALL = {
+    **IDENTITY_AT_INIT,
+    "prompt": lambda: PromptTuningConfig(num_tokens=3),
+    "prefix": lambda: PrefixTuningConfig(length=3, hidden=16),
+    "prefix_plain": lambda: PrefixTuningConfig(length=3, reparameterize=False),
+}
+
+
+def attach(family: str, variant: str, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+    base = make(family, seed)
+    model = apply_peft(make(family, seed), METHOD_OF[variant], ALL[variant]())
+    return base, model
+
+
+def perturb(model: torch.nn.Module, seed: int = 3) -> None:
+    """Move the adapter away from its identity init so that tests can see it."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter_parameters(model):
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+
+
+def real_positions(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return out[mask.bool()]
+
+
+@pytest.mark.parametrize("variant", sorted(IDENTITY_AT_INIT))
+def test_identity_at_init(family: str, variant: str) -> None:
+    base, model = attach(family, variant)
+    x = inputs()
+    torch.testing.assert_close(model(**x), base(**x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", sorted(ALL))
+def test_only_adapter_params_train_and_get_gradients(family: str, variant: str) -> None:
+    _, model = attach(family, variant)
+    perturb(model)  # a zero B would give A a zero gradient
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    adapter = {id(p) for p in adapter_parameters(model)}
+    assert trainable and all(id(p) in adapter for p in model.parameters() if p.requires_grad)
+    assert all(".adapters." in n or n.startswith("prefix_encoder.") for n in trainable), trainable
+    model(**inputs()).sum().backward()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, n
+        else:
+            assert p.grad is None, n
+    report = trainable_report(model)
+    count = sum(p.numel() for p in adapter_parameters(model))
+    assert report.startswith(f"trainable params: {count:,} of ")
+
+
+@pytest.mark.parametrize("variant", sorted(ALL))
+def test_disable_adapters_gives_exact_base(family: str, variant: str) -> None:
+    base, model = attach(family, variant)
+    perturb(model)
+    x = inputs()
+    adapted = model(**x)
+    with disable_adapters(model):
+        assert torch.equal(model(**x), base(**x))
+    assert torch.equal(model(**x), adapted)
+    assert not torch.allclose(real_positions(adapted, x["attention_mask"]),
+                              real_positions(base(**x), x["attention_mask"]), atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", sorted(ALL))
+def test_save_load_reproduces_outputs(family: str, variant: str, tmp_path) -> None:
+    _, model = attach(family, variant)
+    perturb(model)
+    x = inputs()
+    want = model(**x)
+    save_adapter(model, tmp_path / "a")
+    loaded = load_adapter(make(family), tmp_path / "a")
+    assert torch.equal(loaded(**x), want)
+
+
+@pytest.mark.parametrize("variant", ["lora", "lora_all", "ia3"])
+def test_merged_equals_unmerged(family: str, variant: str) -> None:
+    _, model = attach(family, variant)
+    perturb(model)
+    x = inputs()
+    want = model(**x)
+    merge_lora(model)
+    torch.testing.assert_close(model(**x), want, rtol=0, atol=1e-5)
+    unmerge_lora(model)
+    torch.testing.assert_close(model(**x), want, rtol=0, atol=1e-5)
+    merged = merge_and_unload(model)
+    assert not any(".adapters." in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(merged(**x), want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", sorted(ALL))
+def test_params_change_under_activation_checkpointing(family: str, variant: str) -> None:
+    _, model = attach(family, variant)
+    model.train()
+    enable_activation_checkpointing(model)
+    before = snapshot_trainable(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    x = inputs()
+    for _ in range(2):
+        opt.zero_grad()
+        model(**x).float().pow(2).mean().backward()
+        opt.step()
+    check_params_changed(model, before, steps=2)
+
+
+def test_prefix_fold_keeps_outputs(family: str) -> None:
+    _, model = attach(family, "prefix")
+    x = inputs()
+    want = model(**x)
+    fold_prefix(model)
+    assert not hasattr(model, "prefix_encoder")
+    torch.testing.assert_close(model(**x), want, rtol=0, atol=1e-6)
+    assert all(n.endswith((".key", ".value")) for n, p in model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("variant", ["prompt", "prefix"])
+def test_virtual_tokens_respect_padding(family: str, variant: str) -> None:
+    """Left padding must not change a row: the mask is extended and positions follow the real tokens."""
+    _, model = attach(family, variant)
+    perturb(model)
+    x = inputs()
+    batched = model(**x)
+    ids, mask = x["input_ids"][1:, 2:], x["attention_mask"][1:, 2:]
+    alone = model(input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(batched[1:, 2:], alone, rtol=0, atol=1e-5)
+
+
+def test_prompt_from_text_equals_typing_the_text(family: str) -> None:
+    """A prompt initialized from a text's embeddings behaves like that text typed before the input."""
+    base = make(family)
+    text_ids = [5, 17, 33]
+    model = apply_peft(make(family), "prompt", PromptTuningConfig(num_tokens=3), tokenizer=None)
+    model.backbone.adapters["default"].weight.data.copy_(base.backbone.embed_tokens.weight[text_ids])
+    x = inputs()
+    b = x["input_ids"].shape[0]
+    full_ids = torch.cat([torch.tensor(text_ids).expand(b, -1), x["input_ids"]], dim=1)
+    full_mask = torch.cat([torch.ones(b, 3, dtype=torch.long), x["attention_mask"]], dim=1)
+    want = base(input_ids=full_ids, attention_mask=full_mask)[:, 3:]
+    torch.testing.assert_close(model(**x), want, rtol=0, atol=1e-5)
