@@ -1,5 +1,5 @@
-"""Two CPU processes under torchrun (gloo DDP), each with half of every global batch and two accumulated
-micro-batches, log the same losses as one process with the whole batch."""
+"""Two CPU processes under torchrun (gloo; DDP, and FSDP2 fully_shard), each with half of every global batch
+and two accumulated micro-batches, log the same losses as one process with the whole batch."""
 
 from __future__ import annotations
 
@@ -22,12 +22,13 @@ def _losses(out_dir: Path) -> list[float]:
     return [r["loss"] for r in rows if r["split"] == "train"]
 
 
-def test_torchrun_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_torchrun_two_processes_match_one_process(tmp_path, mode):
     single = tiny_run.run(str(tmp_path / "single"), steps=4, batch_size=8, dropout=0.0, checkpoint_every=0)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         str(SCRIPT), str(tmp_path / "ddp"), "--steps", "4", "--batch-size", "2", "--grad-accum", "2",
-        "--dropout", "0", "--checkpoint-every", "2",
+        "--dropout", "0", "--checkpoint-every", "2", *(["--fsdp"] if mode == "fsdp" else []),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
@@ -38,3 +39,5 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     # only rank 0 wrote: one metrics row per step, one set of checkpoints
     assert len(ddp) == 4
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["metrics.jsonl", "step-2", "step-4"]
+    config = json.loads((tmp_path / "ddp" / "step-4" / "config.json").read_text())
+    assert config["architecture"] == "TinyLM" and config["train"]["fsdp"] == (mode == "fsdp")

@@ -95,6 +95,7 @@ def run(
     resume: bool = False,
     keep_last: int = 0,
     loss_fn: object = step_fn,
+    fsdp: bool = False,
 ) -> TrainResult:
     """Train TinyLM; `batch_size` is the per-rank micro-batch."""
     info = distributed.dist_info()
@@ -112,6 +113,7 @@ def run(
         keep_last=keep_last,
         out_dir=out_dir,
         resume=resume,
+        fsdp=fsdp,
         progress=False,
     )
     return train(model, loss_fn, batches, cfg)
@@ -138,6 +140,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--checkpoint-every", type=int, default=1)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--fsdp", action="store_true")
     parser.add_argument("--slow-write-step", type=int, default=0)
     parser.add_argument("--step-delay", type=float, default=0.0)
     args = parser.parse_args(argv)
@@ -159,6 +162,7 @@ def main(argv: list[str]) -> None:
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         loss_fn=delayed if args.step_delay else step_fn,
+        fsdp=args.fsdp,
     )
     distributed.cleanup()
 

@@ -158,7 +158,10 @@ def _unflatten_optimizer(tensors: dict[str, Tensor], metadata: dict[str, str]) -
 def model_description(model: nn.Module) -> dict[str, Any]:
     """The config.json core: `{"model_type", "architecture", "config"}` from a dataclass `model.config`."""
     config = getattr(model, "config", None)
-    description: dict[str, Any] = {"architecture": type(model).__name__}
+    cls = type(model)
+    if cls.__name__.startswith("FSDP"):  # fully_shard swaps in a subclass `FSDP<Name>(FSDPModule, <Name>)`
+        cls = cls.__mro__[2] if len(cls.__mro__) > 2 else cls
+    description: dict[str, Any] = {"architecture": cls.__name__}
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         description["model_type"] = getattr(config, "model_type", None)
         description["config"] = dataclasses.asdict(config)
@@ -227,11 +230,13 @@ def save_checkpoint(
     process's state when None). With `keep_last > 0`, the oldest complete checkpoints beyond that number are
     removed, only after the new one is published.
     """
-    model_state, aliases = _dedup_tensors(_full_model_state(model))
-    optim_tensors, optim_meta = _flatten_optimizer(_full_optimizer_state(model, optimizer))
+    model_state = _full_model_state(model)  # collective under FSDP2; empty on ranks other than 0
+    optim_state = _full_optimizer_state(model, optimizer)
     out = Path(out_dir)
     final = out / f"step-{step}"
     if distributed.dist_info().is_main:
+        model_state, aliases = _dedup_tensors(model_state)
+        optim_tensors, optim_meta = _flatten_optimizer(optim_state)
         if final.exists():
             raise CheckpointError(f"{final}: already exists; refusing to overwrite a checkpoint")
         out.mkdir(parents=True, exist_ok=True)
