@@ -23,16 +23,20 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from plmkit.errors import CheckpointError, TokenizerError
-from plmkit.interop import gpt2, llama
+from plmkit.interop import bert, gpt2, llama
 from plmkit.interop.convert import drop_tied
 
 # model_type (config.json) -> family interop module. One line per model type.
 FAMILIES: dict[str, ModuleType] = {
     "gpt2": gpt2,
     "llama": llama,
+    "bert": bert,
+    "roberta": bert,
+    "albert": bert,
+    "distilbert": bert,
 }
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "char_tokenizer.json")
 
 
 @dataclass
@@ -122,17 +126,17 @@ def read_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, torch.T
 
 
 def load_tokenizer(path: Path) -> Any:
-    """The directory's tokenizer via `plmkit.data.tokenizer.Tokenizer.load`, or None when it has none."""
+    """The directory's tokenizer via `plmkit.data.tokenizer.load_tokenizer`, or None when it has none."""
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         return None
     try:
-        from plmkit.data.tokenizer import Tokenizer
+        from plmkit.data.tokenizer import load_tokenizer as load_any
     except ImportError:
         warnings.warn(
             f"{path}: plmkit.data.tokenizer is unavailable; loading without a tokenizer", stacklevel=3
         )
         return None
-    return Tokenizer.load(path)
+    return load_any(path)
 
 
 def load(path: str | os.PathLike, allow_pickle: bool = False) -> Pretrained:

@@ -121,8 +121,9 @@ def export_to_hf(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
 def build_native(config: dict, architecture: str) -> nn.Module:
     """A model from a plmkit checkpoint's config.json (`config` and `architecture` fields)."""
     cfg = LlamaConfig(**config)
-    if architecture == "causal_lm":
+    # Training checkpoints name the class: a TaskModel of a decoder is its causal LM.
+    if architecture in ("causal_lm", "TaskModel"):
         return llama_lm(cfg)
-    if architecture == "backbone":
+    if architecture in ("backbone", "LlamaModel"):
         return LlamaModel(cfg)
     raise CheckpointError(f"config.json: unknown llama architecture {architecture!r}")

@@ -1,0 +1,102 @@
+"""Generate text from a causal LM checkpoint (plmkit or Hugging Face format), streamed to the terminal.
+
+Greedy by default; `--do_sample` with temperature / top-k / top-p samples; `--num_beams` > 1 runs beam
+search (printed at the end). Generation stops at the tokenizer's EOS, at any `--stop` string, or after
+`--max_new_tokens`.
+
+    plmkit generate --model=runs/gpt/hf --prompt="ROMEO:" --max_new_tokens=200 --do_sample --top_k=40
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from plmkit.errors import ConfigError, DataError
+
+
+@dataclass
+class Config:
+    model: str = field(default="", metadata={"help": "checkpoint directory (plmkit or Hugging Face)"})
+    prompt: str = field(default="", metadata={"help": "the prompt"})
+    prompts_file: str = field(default="", metadata={"help": "one prompt per line, generated as a batch"})
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens to generate at most"})
+    do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    top_k: int = field(default=0, metadata={"help": "sample among the k most likely tokens (0: off)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1.0: off)"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "CTRL repetition penalty (1.0: off)"})
+    num_beams: int = field(default=1, metadata={"help": "beam search width (1: no beam search)"})
+    length_penalty: float = field(default=1.0, metadata={"help": "beam score / length ** this"})
+    stop: list[str] = field(default_factory=list, metadata={"help": "stop when the text contains one"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    stream: bool = field(default=True, metadata={"help": "print tokens as they come (one prompt only)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the decode step"})
+    allow_pickle: bool = field(default=False, metadata={"help": "allow a pickle .bin checkpoint (runs code)"})
+
+
+class _Printer:
+    """Prints the decoded continuation incrementally (re-decoding keeps multi-byte tokens whole)."""
+
+    def __init__(self, tokenizer: object):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def __call__(self, tokens: torch.Tensor) -> None:
+        self.ids.append(int(tokens[0]))
+        text = self.tokenizer.decode(self.ids)
+        if text.startswith(self.shown) and not text.endswith("\ufffd"):
+            sys.stdout.write(text[len(self.shown):])
+            sys.stdout.flush()
+            self.shown = text
+
+
+def run(cfg: Config) -> dict:
+    from plmkit.interop.hf import load
+    from plmkit.models.generation import generate
+
+    if not cfg.model:
+        raise ConfigError("--model is required: a checkpoint directory")
+    loaded = load(cfg.model, allow_pickle=cfg.allow_pickle)
+    tokenizer = loaded.require_tokenizer()
+    if cfg.prompts_file:
+        try:
+            texts_in = Path(cfg.prompts_file).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise DataError(f"{cfg.prompts_file}: cannot read prompts ({e.strerror})") from None
+    else:
+        texts_in = [cfg.prompt]
+    prompts = [tokenizer.encode(p, add_special_tokens=False) for p in texts_in]
+    if any(not p for p in prompts):
+        bos = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+        if bos is None:
+            raise ConfigError("an empty --prompt needs a tokenizer with a BOS or EOS token to start from")
+        prompts = [p or [bos] for p in prompts]
+    stream = cfg.stream and len(prompts) == 1 and cfg.num_beams == 1
+    printer = _Printer(tokenizer) if stream else None
+    if stream:
+        sys.stdout.write(texts_in[0])
+        sys.stdout.flush()
+    new = generate(
+        loaded.model, prompts, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+        repetition_penalty=cfg.repetition_penalty, num_beams=cfg.num_beams, length_penalty=cfg.length_penalty,
+        eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, stop_strings=cfg.stop,
+        tokenizer=tokenizer, streamer=printer, generator=torch.Generator().manual_seed(cfg.seed),
+        compile=cfg.compile,
+    )
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+    texts = []
+    for prompt_text, row in zip(texts_in, new.tolist()):
+        ids = [t for t in row if t != pad] if pad is not None else row
+        texts.append(prompt_text + tokenizer.decode(ids))
+    if stream:
+        sys.stdout.write("\n")
+    else:
+        for text in texts:
+            print(text)
+    return {"text": texts}

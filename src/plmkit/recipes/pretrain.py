@@ -1,0 +1,193 @@
+"""Pretrain a language model from scratch on text files.
+
+Tokenizes the files once into a token store (memory-mapped shards), packs them into windows of
+`data.seq_len` tokens, and trains with the objective named by `--objective` through the one training
+loop; every `train.eval_every` steps (and at the end) it reports the validation loss and perplexity.
+With `train.out_dir` set, checkpoints land there and the final model is also exported in Hugging Face
+format to `<out_dir>/hf`.
+
+    plmkit pretrain --config configs/gpt-shakespeare-char.yaml
+    plmkit pretrain --objective=clm --model.family=gpt2 --data.train_files=a.txt,b.txt \\
+        --data.tokenizer=char --train.max_steps=200 --train.out_dir=runs/gpt
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from plmkit.errors import ConfigError, DataError
+from plmkit.models.gpt import GPT2Config, gpt2_lm
+from plmkit.models.llama import LlamaConfig, llama_lm
+from plmkit.objectives.clm import causal_lm_loss
+from plmkit.training import StepOutput, TrainConfig, train
+
+
+@dataclass
+class ModelConfig:
+    family: str = field(default="gpt2", metadata={"help": "model family: a key of pretrain.MODELS"})
+    vocab_size: int = field(default=0, metadata={"help": "vocabulary rows (0: the tokenizer's size)"})
+    d_model: int = field(default=384, metadata={"help": "model width"})
+    num_layers: int = field(default=6, metadata={"help": "transformer blocks"})
+    num_heads: int = field(default=6, metadata={"help": "attention heads"})
+    num_kv_heads: int = field(default=0, metadata={"help": "key/value heads for GQA (0: num_heads)"})
+    d_ff: int = field(default=0, metadata={"help": "feed-forward width (0: the family's default)"})
+    max_positions: int = field(default=1024, metadata={"help": "context window"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout probability"})
+    init_from: str = field(default="", metadata={"help": "start from this checkpoint directory instead"})
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = field(default_factory=list, metadata={"help": "text or JSONL training files"})
+    val_files: list[str] = field(default_factory=list, metadata={"help": "validation files (optional)"})
+    tokenizer: str = field(
+        default="", metadata={"help": "tokenizer directory/file, or 'char' for characters of the train files"}
+    )
+    split: str = field(default="blank_line", metadata={"help": "documents are: blank_line, line or file"})
+    seq_len: int = field(default=256, metadata={"help": "tokens per training window"})
+    batch_size: int = field(default=16, metadata={"help": "windows per micro-batch"})
+    store_dir: str = field(default="", metadata={"help": "token store location ('': <out_dir>/store)"})
+    eval_batches: int = field(default=20, metadata={"help": "validation batches per evaluation"})
+
+
+@dataclass
+class Config:
+    objective: str = field(default="clm", metadata={"help": "objective: a key of pretrain.OBJECTIVES"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the network"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "text and tokenization"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "the training loop"})
+    seed: int = field(default=0, metadata={"help": "seed for initialization, batching and masking"})
+
+
+def build_gpt2(m: ModelConfig, vocab_size: int) -> nn.Module:
+    return gpt2_lm(GPT2Config(vocab_size=vocab_size, max_positions=m.max_positions, d_model=m.d_model,
+                              num_layers=m.num_layers, num_heads=m.num_heads, d_ff=m.d_ff or None,
+                              dropout=m.dropout))
+
+
+def build_llama(m: ModelConfig, vocab_size: int) -> nn.Module:
+    # SwiGLU has three matrices: 8/3 * d keeps the parameter count of a 4 * d GELU MLP (Shazeer 2020).
+    d_ff = m.d_ff or 8 * m.d_model // 3
+    return llama_lm(LlamaConfig(vocab_size=vocab_size, max_positions=m.max_positions, d_model=m.d_model,
+                                num_layers=m.num_layers, num_heads=m.num_heads,
+                                num_kv_heads=m.num_kv_heads or None, d_ff=d_ff, dropout=m.dropout))
+
+
+# Model family -> builder(model config, vocabulary size) -> nn.Module.
+MODELS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
+    "gpt2": build_gpt2,
+    "llama": build_llama,
+}
+
+
+def clm_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+    logits = model(batch["input_ids"], batch.get("attention_mask"))  # (B, T, V)
+    loss_sum, n = causal_lm_loss(logits, batch["labels"])
+    return StepOutput(loss_sum=loss_sum, num_targets=n)
+
+
+def make_clm(tokenizer: Any, seed: int) -> Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]:
+    return clm_step
+
+
+# Objective -> factory(tokenizer, seed) -> step_fn(model, batch) -> StepOutput. A factory gets the
+# tokenizer (mask/sentinel ids) and a seed for its own torch.Generator.
+OBJECTIVES: dict[str, Callable[[Any, int], Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]]] = {
+    "clm": make_clm,
+}
+
+
+def _choice(name: str, value: str, table: dict) -> Any:
+    if value not in table:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(sorted(table))}")
+    return table[value]
+
+
+def _tokenizer(cfg: DataConfig) -> Any:
+    from plmkit.data.tokenizer import CharTokenizer, load_tokenizer
+
+    if not cfg.tokenizer:
+        raise ConfigError("data.tokenizer is required: a tokenizer directory/file or 'char'")
+    if cfg.tokenizer == "char":
+        # Characters of the raw files, separators included, so any span of them encodes.
+        chars: set[str] = set()
+        for file in cfg.train_files + cfg.val_files:
+            try:
+                chars.update(Path(file).read_text(encoding="utf-8"))
+            except OSError as e:
+                raise DataError(f"data file {file}: {e.strerror}") from None
+        return CharTokenizer(sorted(chars))
+    return load_tokenizer(cfg.tokenizer)
+
+
+def _store(files: list[str], tokenizer: Any, where: Path, split: str) -> Any:
+    from plmkit.data.store import TokenStore, build_store
+
+    if where.exists():
+        store = TokenStore(where)
+        store.check_tokenizer(tokenizer)
+        return store
+    build_store(files, tokenizer, where, split=split, progress=False)
+    return TokenStore(where)
+
+
+def evaluate_clm(model: nn.Module, batches: Any, num_batches: int) -> dict[str, float]:
+    """Mean next-token loss and perplexity over `num_batches` batches."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for _ in range(num_batches):
+            batch = batches.next_batch()
+            device = next(model.parameters()).device
+            out = clm_step(model, {k: v.to(device) for k, v in batch.items()})
+            total += float(out.loss_sum)
+            count += int(out.num_targets)
+    loss = total / max(count, 1)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+
+
+def run(cfg: Config) -> dict:
+    from plmkit.data.store import PackedBatches
+    from plmkit.interop.hf import FAMILIES, load, save_hf
+
+    make_step = _choice("objective", cfg.objective, OBJECTIVES)
+    build = _choice("model.family", cfg.model.family, MODELS)
+    if not cfg.data.train_files:
+        raise ConfigError("data.train_files is empty: give at least one text or JSONL file")
+    torch.manual_seed(cfg.seed)
+    if cfg.model.init_from:
+        loaded = load(cfg.model.init_from)
+        model, tokenizer = loaded.model, loaded.require_tokenizer()
+    else:
+        tokenizer = _tokenizer(cfg.data)
+        model = build(cfg.model, cfg.model.vocab_size or tokenizer.vocab_size)
+    out_dir = Path(cfg.train.out_dir) if cfg.train.out_dir else None
+    if cfg.data.store_dir:
+        store_root = Path(cfg.data.store_dir)
+    elif out_dir is not None:
+        store_root = out_dir / "store"
+    else:
+        raise ConfigError("set train.out_dir or data.store_dir: the token store needs a directory")
+    train_store = _store(cfg.data.train_files, tokenizer, store_root / "train", cfg.data.split)
+    batches = PackedBatches(train_store, cfg.data.seq_len, cfg.data.batch_size, seed=cfg.seed)
+    eval_fn = None
+    if cfg.data.val_files:
+        val_store = _store(cfg.data.val_files, tokenizer, store_root / "val", cfg.data.split)
+
+        def eval_fn(m: nn.Module) -> dict[str, float]:
+            val = PackedBatches(val_store, cfg.data.seq_len, cfg.data.batch_size, seed=0, shuffle=False)
+            return evaluate_clm(m, val, min(cfg.data.eval_batches, val.batches_per_epoch))
+
+    result = train(model, make_step(tokenizer, cfg.seed), batches, cfg.train, eval_fn=eval_fn,
+                   tokenizer=tokenizer)
+    summary: dict[str, Any] = {"steps": result.step, "final_loss": result.history[-1]["loss"]}
+    summary.update(result.final_eval)
+    if out_dir is not None and getattr(model.config, "model_type", None) in FAMILIES:
+        summary["hf_export"] = str(save_hf(model, out_dir / "hf", tokenizer=tokenizer))
+    return summary

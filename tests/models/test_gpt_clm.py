@@ -1,0 +1,80 @@
+"""GPT-2 family invariants and the causal-LM loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from plmkit.errors import ConfigError
+from plmkit.models.gpt import GPT2Config, gpt2_lm
+from plmkit.models.heads import is_tied
+from plmkit.models.llama import LlamaConfig, llama_lm
+from plmkit.objectives.clm import causal_lm_loss, clm_labels
+
+
+def models() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    return {
+        "gpt2": gpt2_lm(GPT2Config(vocab_size=50, max_positions=32, d_model=32, num_layers=3, num_heads=4)),
+        "llama": llama_lm(LlamaConfig(vocab_size=50, max_positions=32, d_model=32, num_layers=3, num_heads=4,
+                                      num_kv_heads=2, d_ff=40)),
+    }
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_no_causal_leakage_and_inputs_embeds(family: str) -> None:
+    model = models()[family].eval()
+    ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    changed = ids.clone()
+    changed[:, 7:] = (changed[:, 7:] + 1) % 50
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+        torch.testing.assert_close(a[:, :7], b[:, :7])
+        assert not torch.allclose(a[:, 7:], b[:, 7:])
+        embeds = model.backbone.embed_tokens(ids)
+        torch.testing.assert_close(model(inputs_embeds=embeds), a)
+
+
+def test_module_names_for_peft() -> None:
+    names = {n.rsplit(".", 1)[-1] for n, _ in models()["llama"].named_modules()}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "attn_norm",
+            "mlp_norm", "embed_tokens", "lm_head"} <= names
+    gpt_names = {n.rsplit(".", 1)[-1] for n, _ in models()["gpt2"].named_modules()}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "embed_positions"} <= gpt_names
+
+
+def test_gpt2_init_and_tying() -> None:
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=500, max_positions=64, d_model=256, num_layers=8, num_heads=4)
+    model = gpt2_lm(cfg)
+    assert is_tied(model.head, model.backbone.embed_tokens)
+    block = model.backbone.layers[0]
+    assert block.attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert block.attn.o_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert block.mlp.down_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    untied = gpt2_lm(GPT2Config(vocab_size=50, d_model=32, num_layers=1, num_heads=4, tie_embeddings=False))
+    assert not is_tied(untied.head, untied.backbone.embed_tokens)
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"d_model \(30\) must be divisible by num_heads \(4\)"):
+        GPT2Config(d_model=30, num_heads=4)
+    with pytest.raises(ConfigError, match=r"num_heads \(4\) must be a multiple of num_kv_heads \(3\)"):
+        LlamaConfig(d_model=32, num_heads=4, num_kv_heads=3)
+
+
+def test_clm_labels_and_loss_golden() -> None:
+    ids = torch.tensor([[0, 0, 5, 6, 7]])
+    mask = torch.tensor([[0, 0, 1, 1, 1]])
+    labels = clm_labels(ids, mask)
+    assert labels.tolist() == [[-100, 5, 6, 7, -100]]
+    logits = torch.zeros(1, 5, 8)
+    logits[0, 1, 5] = math.log(3.0)  # p(5) = 3 / 10 at position 1
+    loss_sum, n = causal_lm_loss(logits, labels)
+    assert int(n) == 3
+    expected = -math.log(3 / 10) + 2 * math.log(8)
+    assert loss_sum.item() == pytest.approx(expected, rel=1e-6)
+    torch.testing.assert_close(loss_sum / n, F.cross_entropy(logits[0, 1:4], labels[0, 1:4]))
