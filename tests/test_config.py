@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import importlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
+from plmkit import cli
 from plmkit.config import from_dict, help_text, option_names, parse, to_dict
 from plmkit.errors import ConfigError
 
@@ -72,6 +75,8 @@ def test_overrides_all_forms_and_types():
     assert parse(Cfg, ["--compile", "--no-compile"]).compile is False
     assert parse(Cfg, ["--compile", "false"]).compile is False
     assert parse(Cfg, ["--seed=none"]).seed is None
+    assert parse(Cfg, ["--files=[a.txt, 'b,c.txt']"]).files == ["a.txt", "b,c.txt"]
+    assert parse(Cfg, ["--files="]).files == []
 
 
 def test_optional_nested_group_created_on_first_override():
@@ -162,3 +167,36 @@ def test_help_text_lists_every_option_with_type_default_and_help():
     assert "(default: false)" in lines["--compile"]
     assert "(default: q_proj,v_proj)" in lines["--lora.targets"]
     assert "(default: None)" in lines["--seed"]
+
+
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("**/*.yaml"))
+
+
+def _flat_commands(commands=None, prefix="") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, target in (commands or cli.COMMANDS).items():
+        if isinstance(target, dict):
+            out.update(_flat_commands(target, f"{prefix}{name} "))
+        else:
+            out[prefix + name] = target
+    return out
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_every_shipped_preset_parses(preset):
+    """A preset names its command in a comment (`plmkit pretrain --config ...`) or some recipe takes it."""
+    commands = _flat_commands()
+    named = re.search(r"plmkit ([a-z]+(?: [a-z]+)?) --config", preset.read_text(encoding="utf-8"))
+    candidates = [named.group(1)] if named and named.group(1) in commands else list(commands)
+    errors = {}
+    for command in candidates:
+        try:
+            module = importlib.import_module(commands[command])
+        except ModuleNotFoundError:
+            continue
+        try:
+            parse(module.Config, ["--config", str(preset)])
+            return
+        except ConfigError as e:
+            errors[command] = str(e)
+    pytest.fail(f"{preset.name} parses for no recipe: {errors}")

@@ -216,8 +216,16 @@ def _convert(value: Any, tp: Any, dotted: str, where: _Where) -> Any:
     if origin in (list, tuple):
         inner = [a for a in typing.get_args(tp) if a is not Ellipsis]
         item_tp = inner[0] if inner else Any
-        if cli:
-            items: list[Any] = [_Cli(s.strip()) for s in value.split(",")] if value.strip() else []
+        if cli and value.strip().startswith("["):  # YAML flow syntax: --files='[a.txt, b.txt]'
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise fail() from None
+            if not isinstance(parsed, list):
+                raise fail()
+            items: list[Any] = parsed
+        elif cli:
+            items = [_Cli(s.strip()) for s in value.split(",")] if value.strip() else []
         elif isinstance(value, (list, tuple)):
             items = list(value)
         else:
