@@ -143,3 +143,13 @@ def test_a_different_model_is_refused_by_key(tmp_path):
         CheckpointError, match=r"weight 'embed_tokens.weight' has shape \(32, 16\), the model expects"
     ):
         load_checkpoint(tmp_path / "step-3", other)
+
+
+def test_a_step_directory_without_manifest_is_reported_not_skipped(tmp_path):
+    _run(tmp_path)
+    (tmp_path / "step-3" / "manifest.json").unlink()
+    with pytest.raises(
+        CheckpointError, match=r"step-3/manifest\.json: missing; .*move it aside to resume from step-2$"
+    ):
+        find_latest(tmp_path)
+    assert (tmp_path / "step-3" / "model.safetensors").is_file()

@@ -198,15 +198,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def complete_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
-    """`(step, path)` of every published `step-N` directory (one holding a manifest), oldest first."""
+def step_dirs(out_dir: str | Path) -> list[tuple[int, Path]]:
+    """`(step, path)` of every `step-N` directory in `out_dir`, oldest first.
+
+    Only a finished save renames into `step-N`, so each of these should be complete; one that is not was
+    damaged afterwards, and `find_latest` reports it rather than skipping it.
+    """
     out = Path(out_dir)
     if not out.is_dir():
         return []
     found = []
     for child in out.iterdir():
         match = STEP_DIR.match(child.name)
-        if match and child.is_dir() and (child / MANIFEST).is_file():
+        if match and child.is_dir():
             found.append((int(match.group(1)), child))
     return sorted(found)
 
@@ -269,7 +273,8 @@ def save_checkpoint(
         os.rename(tmp, final)
         _fsync_dir(out)
         if keep_last > 0:
-            for _, old in complete_checkpoints(out)[:-keep_last]:
+            published = [(n, p) for n, p in step_dirs(out) if (p / MANIFEST).is_file()]
+            for _, old in published[:-keep_last]:
                 shutil.rmtree(old)
     distributed.barrier()
     return final
@@ -313,7 +318,7 @@ def find_latest(out_dir: str | Path) -> Path | None:
     silently falling back, so no work is lost unnoticed: move that directory aside to resume from the
     one before it.
     """
-    found = complete_checkpoints(out_dir)
+    found = step_dirs(out_dir)
     if not found:
         return None
     step, path = found[-1]

@@ -33,10 +33,10 @@ from plmkit.errors import ConfigError, TrainingError
 from plmkit.training import distributed
 from plmkit.training.checkpoint import (
     capture_rng,
-    complete_checkpoints,
     find_latest,
     load_checkpoint,
     save_checkpoint,
+    step_dirs,
 )
 from plmkit.training.optim import SCHEDULES, build_adamw, build_scheduler, default_param_groups
 
@@ -324,7 +324,7 @@ def train(
     if (
         out_dir is not None
         and not cfg.resume
-        and (complete_checkpoints(out_dir) or (out_dir / "metrics.jsonl").exists())
+        and (step_dirs(out_dir) or (out_dir / "metrics.jsonl").exists())
     ):
         raise ConfigError(
             f"{out_dir}: already holds a run; set resume=True to continue it or choose another out_dir"
