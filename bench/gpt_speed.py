@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import transformers
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import plmkit
+from bench.result import BenchResult
 from plmkit.models.gpt import GPT2Config, gpt2_lm
 from plmkit.objectives.clm import causal_lm_loss, clm_labels
 
@@ -70,6 +76,44 @@ def generate_tokens_per_s(model: torch.nn.Module, is_hf: bool, prompt: torch.Ten
     return n / (time.perf_counter() - start)
 
 
+def measure_generate(repeats: int = 3) -> tuple[list[float], list[float]]:
+    ours, hf = build()
+    prompt = torch.randint(0, VOCAB, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a = plmkit.generate(ours, prompt, max_new_tokens=16)[0]
+        b = hf.generate(prompt, max_new_tokens=16, do_sample=False, pad_token_id=0)[0, 16:]
+    assert a.tolist() == b.tolist(), "greedy outputs differ"
+    g_ours, g_ref = [], []
+    for _ in range(repeats):
+        g_ours.append(generate_tokens_per_s(ours, False, prompt, 128))
+        g_ref.append(generate_tokens_per_s(hf, True, prompt, 128))
+    return g_ours, g_ref
+
+
+def measure_train(repeats: int = 3, steps: int = 2) -> tuple[list[float], list[float]]:
+    ours, hf = build()
+    ids = torch.randint(0, VOCAB, (16, 256), generator=torch.Generator().manual_seed(1))
+    t_ours, t_ref = [], []
+    for _ in range(repeats):
+        t_ours.append(train_tokens_per_s(ours, False, ids, steps))
+        t_ref.append(train_tokens_per_s(hf, True, ids, steps))
+    return t_ours, t_ref
+
+
+def generate_case() -> list[BenchResult]:
+    """bench/run.py case: batch-1 greedy generation, 128 new tokens."""
+    a, b = measure_generate()
+    return [BenchResult("gpt_generate", "generate b=1 128 new", statistics.median(a), statistics.median(b),
+                        "tokens/s", note="GPT-2 6x384, fp32, CPU")]
+
+
+def train_case() -> list[BenchResult]:
+    """bench/run.py case: training throughput at 16 x 256 tokens."""
+    a, b = measure_train()
+    return [BenchResult("gpt_train", "train 16x256", statistics.median(a), statistics.median(b),
+                        "tokens/s", note="GPT-2 6x384, fp32, CPU, AdamW")]
+
+
 def report(name: str, ours: list[float], ref: list[float], unit: str) -> None:
     a, b = statistics.median(ours), statistics.median(ref)
     print(f"{name}: plmkit {a:.1f} {unit}, transformers {b:.1f} {unit}, ratio {a / b:.2f}x "
@@ -83,26 +127,12 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-generate", action="store_true")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}")
-    ours, hf = build()
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {threads}")
     if not args.skip_generate:
-        prompt = torch.randint(0, VOCAB, (1, 16), generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode():
-            a = plmkit.generate(ours, prompt, max_new_tokens=16)[0]
-            b = hf.generate(prompt, max_new_tokens=16, do_sample=False, pad_token_id=0)[0, 16:]
-        assert a.tolist() == b.tolist(), "greedy outputs differ"
-        g_ours, g_ref = [], []
-        for _ in range(args.repeats):
-            g_ours.append(generate_tokens_per_s(ours, False, prompt, 128))
-            g_ref.append(generate_tokens_per_s(hf, True, prompt, 128))
-        report("generate batch 1, 128 new tokens", g_ours, g_ref, "tokens/s")
+        report("generate batch 1, 128 new tokens", *measure_generate(args.repeats), "tokens/s")
     if not args.skip_train:
-        ids = torch.randint(0, VOCAB, (16, 256), generator=torch.Generator().manual_seed(1))
-        t_ours, t_ref = [], []
-        for _ in range(args.repeats):
-            t_ours.append(train_tokens_per_s(ours, False, ids, args.train_steps))
-            t_ref.append(train_tokens_per_s(hf, True, ids, args.train_steps))
-        report("train 16x256", t_ours, t_ref, "tokens/s")
+        report("train 16x256", *measure_train(args.repeats, args.train_steps), "tokens/s")
 
 
 if __name__ == "__main__":

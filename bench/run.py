@@ -36,6 +36,8 @@ __all__ = ["BenchResult", "CASES", "main", "run_cases", "table"]
 CASES: dict[str, str] = {
     "tokenizer_encode": "bench.data_tokenizer:encode_throughput",
     "tokenizer_train": "bench.data_tokenizer:train_throughput",
+    "gpt_train": "bench.gpt_speed:train_case",
+    "gpt_generate": "bench.gpt_speed:generate_case",
 }
 
 
