@@ -53,7 +53,8 @@ def main() -> None:
         print("step  train_loss  val_loss")
         for row in rows:
             if "val_loss" in row:
-                print(f"{row['step']:>5}  {train_loss.get(row['step'], float('nan')):10.4f}  {row['val_loss']:8.4f}")
+                loss = train_loss.get(row["step"], float("nan"))
+                print(f"{row['step']:>5}  {loss:10.4f}  {row['val_loss']:8.4f}")
         loaded = plmkit.load(summary["hf_export"])
         tok = loaded.require_tokenizer()
         new = plmkit.generate(loaded.model, [tok.encode("\n", add_special_tokens=False)], max_new_tokens=300,
