@@ -22,10 +22,16 @@ def gpt2() -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def shakespeare(tmp_path_factory) -> Path:
-    text = (DATA / "tiny_shakespeare" / "input.txt").read_text(encoding="utf-8")[:60_000]
+    text = (DATA / "tiny_shakespeare" / "input.txt").read_text(encoding="utf-8")[:40_000]
     path = tmp_path_factory.mktemp("text") / "shakespeare.txt"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, gpt2, shakespeare) -> TokenStore:
+    out = tmp_path_factory.mktemp("store") / "s"
+    return TokenStore(build_store([shakespeare], gpt2, out, progress=False))
 
 
 def test_dtype_choice():
@@ -85,8 +91,7 @@ def test_parallel_build_equals_serial_and_shards_read_across_boundaries(tmp_path
     assert (a.read(0, len(a)) == gpt2.eos_id).sum() == a.manifest["num_documents"]
 
 
-def test_packed_batches_windows_labels_and_epoch_coverage(tmp_path, gpt2, shakespeare):
-    store = TokenStore(build_store([shakespeare], gpt2, tmp_path / "s", progress=False))
+def test_packed_batches_windows_labels_and_epoch_coverage(store):
     T, B = 32, 4
     batches = PackedBatches(store, seq_len=T, batch_size=B, seed=3)
     assert isinstance(batches, Batches)
@@ -111,8 +116,7 @@ def test_packed_batches_windows_labels_and_epoch_coverage(tmp_path, gpt2, shakes
     assert ordered.window_ids() == [0, 1, 2, 3]
 
 
-def test_resume_replays_exactly_the_same_batches(tmp_path, gpt2, shakespeare):
-    store = TokenStore(build_store([shakespeare], gpt2, tmp_path / "s", progress=False))
+def test_resume_replays_exactly_the_same_batches(store):
     reference = PackedBatches(store, seq_len=64, batch_size=8, seed=11)
     total = reference.batches_per_epoch + 5  # crosses an epoch boundary
     expected = [reference.next_batch()["input_ids"] for _ in range(total)]
@@ -129,8 +133,7 @@ def test_resume_replays_exactly_the_same_batches(tmp_path, gpt2, shakespeare):
         other.load_state_dict(state)
 
 
-def test_ranks_take_disjoint_slices_of_the_global_batch(tmp_path, gpt2, shakespeare):
-    store = TokenStore(build_store([shakespeare], gpt2, tmp_path / "s", progress=False))
+def test_ranks_take_disjoint_slices_of_the_global_batch(store):
     single = PackedBatches(store, seq_len=16, batch_size=6, seed=5)
     ranks = [PackedBatches(store, seq_len=16, batch_size=2, seed=5, rank=r, world_size=3) for r in range(3)]
     for _ in range(single.batches_per_epoch + 2):
@@ -166,8 +169,11 @@ def test_bad_inputs_give_one_line_errors_and_destroy_nothing(tmp_path, gpt2, sha
         TokenStore(keep)
     with pytest.raises(DataError, match="is not a token store"):
         TokenStore(tmp_path)
-    tiny = TokenStore(build_store([shakespeare], gpt2, tmp_path / "t", progress=False))
+
+
+def test_store_checks_batch_size_and_tokenizer(store, gpt2):
     with pytest.raises(DataError, match="fewer than one global batch of 4096"):
-        PackedBatches(tiny, seq_len=1024, batch_size=4096, seed=0)
+        PackedBatches(store, seq_len=1024, batch_size=4096, seed=0)
+    store.check_tokenizer(gpt2)
     with pytest.raises(DataError, match="built with another tokenizer"):
-        tiny.check_tokenizer(CharTokenizer.from_text("abc"))
+        store.check_tokenizer(CharTokenizer.from_text("abc"))
