@@ -303,6 +303,29 @@ def _evaluate(
         model.train()
 
 
+def _update(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    params: list[nn.Parameter],
+    clip_norm: float,
+) -> float:
+    """Unscale (fp16), clip, step; return the gradient norm before clipping."""
+    scaler.unscale_(optimizer)
+    max_norm = clip_norm if clip_norm > 0 else math.inf  # inf: measure the norm, change nothing
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a DTensor
+        grad_norm = grad_norm.full_tensor()
+    scaler.step(optimizer)  # skips the step itself if fp16 gradients overflowed
+    scaler.update()
+    return float(grad_norm)
+
+
+def _advance(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    with warnings.catch_warnings():  # a step skipped by the scaler or nan_policy still advances the lr
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        scheduler.step()
+
+
 def train(
     model: nn.Module,
     step_fn: StepFn,
@@ -372,29 +395,16 @@ def train(
             started = time.perf_counter()
             micro_batches = [batches.next_batch() for _ in range(cfg.grad_accum)]
             window = accumulate_gradients(
-                step_model,
-                step_fn,
-                micro_batches,
-                params,
-                sync_module=wrapped,
-                precision=cfg.precision,
-                scaler=scaler,
-            )
+                step_model, step_fn, micro_batches, params,
+                sync_module=wrapped, precision=cfg.precision, scaler=scaler,
+            )  # fmt: skip
             lr = scheduler.get_last_lr()[0]
             row: dict[str, Any] = {"step": step + 1, "split": "train", "loss": window.loss, "lr": lr}
             if math.isfinite(window.loss):
-                scaler.unscale_(optimizer)
-                max_norm = cfg.clip_norm if cfg.clip_norm > 0 else math.inf
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-                if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a DTensor
-                    grad_norm = grad_norm.full_tensor()
-                scaler.step(optimizer)
-                scaler.update()
-                row["grad_norm"] = float(grad_norm)
+                row["grad_norm"] = _update(optimizer, scaler, params, cfg.clip_norm)
             elif cfg.nan_policy == "stop":
                 raise TrainingError(
-                    f"loss is {window.loss} at step {step + 1} "
-                    f"(targets in window: {window.num_targets:.0f}); "
+                    f"loss is {window.loss} at step {step + 1} (window targets: {window.num_targets:.0f}); "
                     "lower the lr, check the data, or set nan_policy=skip"
                 )
             else:
@@ -402,19 +412,10 @@ def train(
                 row["skipped"] = True
                 if info.is_main:
                     logger.warning(
-                        "step %d: loss is %s, skipping the update (%d skipped)",
-                        step + 1,
-                        window.loss,
-                        skipped,
+                        "step %d: loss is %s; update skipped (%d so far)", step + 1, window.loss, skipped
                     )
             optimizer.zero_grad(set_to_none=True)
-            with (
-                warnings.catch_warnings()
-            ):  # a step skipped by the scaler or nan_policy still advances the lr
-                warnings.filterwarnings(
-                    "ignore", message="Detected call of `lr_scheduler.step", category=UserWarning
-                )
-                scheduler.step()
+            _advance(scheduler)
             step += 1
             elapsed = time.perf_counter() - started
             row["tokens_per_s"] = window.tokens / elapsed if elapsed > 0 else 0.0
@@ -434,18 +435,9 @@ def train(
             ):
                 rng = distributed.all_gather_object(capture_rng())
                 last_checkpoint = save_checkpoint(
-                    out_dir,
-                    model,
-                    optimizer,
-                    scheduler,
-                    scaler,
-                    batches,
-                    step,
-                    rng=rng,
-                    configs=configs,
-                    keep_last=cfg.keep_last,
-                    tokenizer=tokenizer,
-                )
+                    out_dir, model, optimizer, scheduler, scaler, batches, step,
+                    rng=rng, configs=configs, keep_last=cfg.keep_last, tokenizer=tokenizer,
+                )  # fmt: skip
         if eval_fn is not None:
             final_eval = _evaluate(model, eval_fn, cfg.precision)
             if log is not None:
