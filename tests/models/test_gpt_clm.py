@@ -78,3 +78,29 @@ def test_clm_labels_and_loss_golden() -> None:
     expected = -math.log(3 / 10) + 2 * math.log(8)
     assert loss_sum.item() == pytest.approx(expected, rel=1e-6)
     torch.testing.assert_close(loss_sum / n, F.cross_entropy(logits[0, 1:4], labels[0, 1:4]))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_prefix_slot_full_equals_cached_and_stays_causal(family: str) -> None:
+    from plmkit.models.cache import KVCache
+    from plmkit.models.layers import Prefix
+
+    model = models()[family].eval()
+    cfg = model.config
+    for block in model.backbone.layers:
+        block.attn.prefix = Prefix(cfg.num_kv_heads, 3, cfg.head_dim)
+        torch.nn.init.normal_(block.attn.prefix.key)
+        torch.nn.init.normal_(block.attn.prefix.value)
+    ids = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache.for_model(cfg, 2, 9, torch.float32, torch.device("cpu"))
+        parts = [model(ids[:, :4], cache=cache)] + [model(ids[:, i:i + 1], cache=cache) for i in range(4, 9)]
+        torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
+        changed = ids.clone()
+        changed[:, 5:] = (changed[:, 5:] + 1) % 50
+        torch.testing.assert_close(model(changed)[:, :5], full[:, :5])
+        # The prefix is visible to the first token: removing it changes position 0.
+        for block in model.backbone.layers:
+            block.attn.prefix = None
+        assert not torch.allclose(model(ids)[:, 0], full[:, 0])

@@ -25,6 +25,7 @@ from plmkit.models.heads import LMHead, TaskModel
 from plmkit.models.layers import (
     Prefix,
     attention,
+    causal_mask,
     causal_padding_mask,
     merge_heads,
     positions_from_mask,
@@ -88,6 +89,9 @@ class GPT2Attention(nn.Module):
         v = split_heads(self.v_proj(x), self.num_heads)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, H, S, Dh)
+        if mask is None and self.prefix is not None:
+            # SDPA's is_causal aligns top-left, which would hide prefix keys: spell the mask out.
+            mask = causal_mask(q.shape[2], q.shape[2], device=q.device)[None, None]
         k, v, mask = prepend_prefix(self.prefix, k, v, mask)
         dropout_p = self.dropout if self.training else 0.0
         out = attention(q, k, v, mask, is_causal=mask is None, dropout_p=dropout_p)

@@ -27,6 +27,7 @@ from plmkit.models.layers import (
     RMSNorm,
     apply_rotary,
     attention,
+    causal_mask,
     causal_padding_mask,
     merge_heads,
     positions_from_mask,
@@ -105,6 +106,9 @@ class LlamaAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, Hkv, S, Dh)
         # Prefix keys carry no rotation: they are learned vectors, not tokens at a position.
+        if mask is None and self.prefix is not None:
+            # SDPA's is_causal aligns top-left, which would hide prefix keys: spell the mask out.
+            mask = causal_mask(q.shape[2], q.shape[2], device=q.device)[None, None]
         k, v, mask = prepend_prefix(self.prefix, k, v, mask)
         groups = self.num_heads // self.num_kv_heads
         k, v = repeat_kv(k, groups), repeat_kv(v, groups)  # (B, H, S, Dh)
