@@ -47,7 +47,7 @@ def test_trained_tokenizer_loads_in_transformers_and_encodes_identically(trained
         assert hf(lines)["input_ids"] == tok.encode_batch(lines)
         plain = hf(lines, add_special_tokens=False)["input_ids"]
         assert plain == tok.encode_batch(lines, add_special_tokens=False)
-        assert hf(lines[0], lines[1])["input_ids"] == tok.encode(lines[0], lines[1])
+        assert hf(lines[0], lines[1])["input_ids"] == tok.encode(lines[0], pair=lines[1])
         for role in ("bos", "eos", "unk", "pad", "mask", "cls", "sep"):
             assert getattr(hf, f"{role}_token_id") == getattr(tok, f"{role}_id"), role
         ids = tok.encode(lines[3])
@@ -63,7 +63,7 @@ def test_special_tokens_and_templates_per_kind(trained):
     assert (wordpiece.pad_id, wordpiece.unk_id, wordpiece.cls_id, wordpiece.sep_id, wordpiece.mask_id) == (
         0, 1, 2, 3, 4,
     )
-    ids = wordpiece.encode("the cat", "a dog")
+    ids = wordpiece.encode("the cat", pair="a dog")
     assert ids[0] == 2 and ids.count(3) == 2 and ids[-1] == 3
     # T5 style: </s> appended.
     assert unigram.encode("the cat")[-1] == unigram.eos_id == 1
@@ -115,7 +115,7 @@ def test_roberta_tokenizer_json_and_vocab_merges_agree(tmp_path, lines):
         shutil.copy(TOKENIZERS / "roberta" / name, tmp_path / name)
     built = Tokenizer.load(tmp_path)
     assert built.encode_batch(lines) == tok.encode_batch(lines)
-    assert built.encode(lines[0], lines[1]) == tok.encode(lines[0], lines[1])
+    assert built.encode(lines[0], pair=lines[1]) == tok.encode(lines[0], pair=lines[1])
 
 
 def test_t5_matches_transformers(lines):
@@ -135,7 +135,7 @@ def test_minilm_checkpoint_tokenizer_matches_autotokenizer(tmp_path, lines):
     shutil.copy(model_dir / "vocab.txt", tmp_path / "vocab.txt")
     built = Tokenizer.load(tmp_path)
     assert built.encode_batch(lines) == tok.encode_batch(lines)
-    assert built.encode(lines[0], lines[1]) == hf(lines[0], lines[1])["input_ids"]
+    assert built.encode(lines[0], pair=lines[1]) == hf(lines[0], lines[1])["input_ids"]
 
 
 def test_char_tokenizer_round_trip_and_files(tmp_path):

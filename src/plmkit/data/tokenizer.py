@@ -153,7 +153,8 @@ class Tokenizer:
         return self.backend.id_to_token(token_id)
 
     # ---- encode / decode -----------------------------------------------------------------------
-    def encode(self, text: str, pair: str | None = None, add_special_tokens: bool = True) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True, *, pair: str | None = None) -> list[int]:
+        """Ids of `text` (and of a second segment `pair`, joined by the tokenizer's template)."""
         return self.backend.encode(text, pair, add_special_tokens=add_special_tokens).ids
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
@@ -446,7 +447,7 @@ class CharTokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         return self.itos[token_id] if 0 <= token_id < len(self.itos) else None
 
-    def encode(self, text: str, pair: str | None = None, add_special_tokens: bool = True) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True, *, pair: str | None = None) -> list[int]:
         unk = self.unk_id
         ids: list[int] = []
         for ch in text if pair is None else text + pair:
