@@ -8,6 +8,7 @@ tokenizer) is what `plmkit pretrain` reads through `PackedBatches`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -40,6 +41,10 @@ def run(cfg: Config) -> dict:
         raise ConfigError("--inputs is required: the text or JSONL files to tokenize")
     if not cfg.tokenizer:
         raise ConfigError("--tokenizer is required: a tokenizer directory (see `plmkit tokenizer train`)")
+    if cfg.num_proc > 1:
+        # Worker processes are forked; the Rust tokenizer's own thread pool would otherwise warn and shut
+        # itself off in each of them after the fork.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tokenizer = load_tokenizer(cfg.tokenizer)
     path = build_store(
         cfg.inputs, tokenizer, cfg.out_dir, text_field=cfg.text_field, split=cfg.split,
