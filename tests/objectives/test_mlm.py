@@ -71,6 +71,11 @@ def test_whole_word_masking_keeps_words_together():
     starts = eligible & (torch.rand(ids.shape, generator=g) < 0.5)
     starts[:, 1] = True
     word_ids = torch.where(eligible, starts.long().cumsum(-1) - 1, torch.full_like(ids, -1))
+    index = word_ids.clamp(min=0)
+
+    def per_word(flags: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(ids).scatter_add_(1, index, (flags & eligible).long())
+
     for exact in (False, True):
         cfg = MaskingConfig(mask_id=MASK, vocab_size=V, special_ids=SPECIAL, whole_word=True,
                             exact_count=exact)
@@ -79,11 +84,6 @@ def test_whole_word_masking_keeps_words_together():
         chosen, as_mask, _, _ = outcome(ids, masked, labels)
         assert abs(chosen.sum() / eligible.sum() - 0.15) < 0.01
         assert abs(as_mask.sum() / chosen.sum() - 0.8) < 0.03
-        index = word_ids.clamp(min=0)
-
-        def per_word(flags: torch.Tensor) -> torch.Tensor:
-            return torch.zeros_like(ids).scatter_add_(1, index, (flags & eligible).long())
-
         size, n_chosen, n_masked = per_word(eligible), per_word(chosen), per_word(as_mask)
         assert ((n_chosen == 0) | (n_chosen == size)).all()  # every piece of a chosen word is a target
         assert ((n_masked == 0) | (n_masked == size)).all()  # one 80/10/10 decision per word
