@@ -59,6 +59,21 @@ def test_generate_and_eval_recipes_on_pretrained(trained, capsys) -> None:
     assert 1.0 < result["perplexity"] < 20.0
 
 
+def test_training_checkpoint_loads_like_hf_export(trained) -> None:
+    import torch
+
+    import plmkit
+    from plmkit.training import find_latest
+
+    tmp, _, hf_dir = trained
+    native = plmkit.load(find_latest(tmp / "run"))
+    exported = plmkit.load(hf_dir)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(native.model(ids), exported.model(ids))
+    assert native.tokenizer.vocab_size == exported.tokenizer.vocab_size
+
+
 def test_unknown_objective_and_family() -> None:
     with pytest.raises(ConfigError, match="objective='mlmx' is not one of clm"):
         pretrain.run(parse(pretrain.Config, ["--objective=mlmx"]))
