@@ -25,7 +25,7 @@ from plmkit.peft import (
     unmerge_lora,
 )
 from plmkit.training.loop import enable_activation_checkpointing
-from tests.peft.conftest import inputs, make
+from tests.peft.conftest import inputs, make, second_row_alone, second_row_outputs
 
 # Methods whose adapter is the identity at initialization (zero-initialized B / up-projection, unit scales).
 IDENTITY_AT_INIT = {
@@ -46,27 +46,24 @@ ALL = {
 
 
 def attach(family: str, variant: str, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
-    base = make(family, seed)
+    # Frozen like the adapted model: SDPA picks its CPU kernel by whether inputs need gradients.
+    base = make(family, seed).requires_grad_(False)
     model = apply_peft(make(family, seed), METHOD_OF[variant], ALL[variant]())
     return base, model
 
 
-def perturb(model: torch.nn.Module, seed: int = 3) -> None:
+def perturb(model: torch.nn.Module, seed: int = 3, size: float = 0.3) -> None:
     """Move the adapter away from its identity init so that tests can see it."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in adapter_parameters(model):
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-
-
-def real_positions(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return out[mask.bool()]
+            p.add_(size * torch.randn(p.shape, generator=g))
 
 
 @pytest.mark.parametrize("variant", sorted(IDENTITY_AT_INIT))
 def test_identity_at_init(family: str, variant: str) -> None:
     base, model = attach(family, variant)
-    x = inputs()
+    x = inputs(family)
     torch.testing.assert_close(model(**x), base(**x), rtol=0, atol=1e-6)
 
 
@@ -78,7 +75,7 @@ def test_only_adapter_params_train_and_get_gradients(family: str, variant: str) 
     adapter = {id(p) for p in adapter_parameters(model)}
     assert trainable and all(id(p) in adapter for p in model.parameters() if p.requires_grad)
     assert all(".adapters." in n or n.startswith("prefix_encoder.") for n in trainable), trainable
-    model(**inputs()).sum().backward()
+    model(**inputs(family)).sum().backward()
     for n, p in model.named_parameters():
         if p.requires_grad:
             assert p.grad is not None and p.grad.abs().sum() > 0, n
@@ -93,20 +90,19 @@ def test_only_adapter_params_train_and_get_gradients(family: str, variant: str) 
 def test_disable_adapters_gives_exact_base(family: str, variant: str) -> None:
     base, model = attach(family, variant)
     perturb(model)
-    x = inputs()
+    x = inputs(family)
     adapted = model(**x)
     with disable_adapters(model):
         assert torch.equal(model(**x), base(**x))
     assert torch.equal(model(**x), adapted)
-    assert not torch.allclose(real_positions(adapted, x["attention_mask"]),
-                              real_positions(base(**x), x["attention_mask"]), atol=1e-4)
+    assert not torch.allclose(adapted, base(**x), atol=1e-4)
 
 
 @pytest.mark.parametrize("variant", sorted(ALL))
 def test_save_load_reproduces_outputs(family: str, variant: str, tmp_path) -> None:
     _, model = attach(family, variant)
     perturb(model)
-    x = inputs()
+    x = inputs(family)
     want = model(**x)
     save_adapter(model, tmp_path / "a")
     loaded = load_adapter(make(family), tmp_path / "a")
@@ -116,16 +112,19 @@ def test_save_load_reproduces_outputs(family: str, variant: str, tmp_path) -> No
 @pytest.mark.parametrize("variant", ["lora", "lora_all", "ia3"])
 def test_merged_equals_unmerged(family: str, variant: str) -> None:
     _, model = attach(family, variant)
-    perturb(model)
-    x = inputs()
+    # A trained-sized update: a large random one on every layer of T5 (no attention scaling) would
+    # amplify fp32 rounding beyond the tolerance without saying anything about merging.
+    perturb(model, size=0.05)
+    x = inputs(family)
     want = model(**x)
+    assert not torch.allclose(want, make(family)(**x), atol=1e-5)
     merge_lora(model)
-    torch.testing.assert_close(model(**x), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(model(**x), want, rtol=1e-5, atol=1e-5)
     unmerge_lora(model)
-    torch.testing.assert_close(model(**x), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(model(**x), want, rtol=1e-5, atol=1e-5)
     merged = merge_and_unload(model)
     assert not any(".adapters." in n for n, _ in merged.named_parameters())
-    torch.testing.assert_close(merged(**x), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(merged(**x), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", sorted(ALL))
@@ -135,7 +134,7 @@ def test_params_change_under_activation_checkpointing(family: str, variant: str)
     enable_activation_checkpointing(model)
     before = snapshot_trainable(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
-    x = inputs()
+    x = inputs(family)
     for _ in range(2):
         opt.zero_grad()
         model(**x).float().pow(2).mean().backward()
@@ -145,7 +144,7 @@ def test_params_change_under_activation_checkpointing(family: str, variant: str)
 
 def test_prefix_fold_keeps_outputs(family: str) -> None:
     _, model = attach(family, "prefix")
-    x = inputs()
+    x = inputs(family)
     want = model(**x)
     fold_prefix(model)
     assert not hasattr(model, "prefix_encoder")
@@ -158,22 +157,25 @@ def test_virtual_tokens_respect_padding(family: str, variant: str) -> None:
     """Left padding must not change a row: the mask is extended and positions follow the real tokens."""
     _, model = attach(family, variant)
     perturb(model)
-    x = inputs()
-    batched = model(**x)
-    ids, mask = x["input_ids"][1:, 2:], x["attention_mask"][1:, 2:]
-    alone = model(input_ids=ids, attention_mask=mask)
-    torch.testing.assert_close(batched[1:, 2:], alone, rtol=0, atol=1e-5)
+    x = inputs(family)
+    batched = second_row_outputs(family, model(**x), padded=True)
+    alone = second_row_outputs(family, model(**second_row_alone(family, x)), padded=False)
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
 
 
 def test_prompt_from_text_equals_typing_the_text(family: str) -> None:
     """A prompt initialized from a text's embeddings behaves like that text typed before the input."""
-    base = make(family)
+    base = make(family).requires_grad_(False)
     text_ids = [5, 17, 33]
     model = apply_peft(make(family), "prompt", PromptTuningConfig(num_tokens=3), tokenizer=None)
     model.backbone.adapters["default"].weight.data.copy_(base.backbone.embed_tokens.weight[text_ids])
-    x = inputs()
+    x = inputs(family)
     b = x["input_ids"].shape[0]
-    full_ids = torch.cat([torch.tensor(text_ids).expand(b, -1), x["input_ids"]], dim=1)
-    full_mask = torch.cat([torch.ones(b, 3, dtype=torch.long), x["attention_mask"]], dim=1)
-    want = base(input_ids=full_ids, attention_mask=full_mask)[:, 3:]
-    torch.testing.assert_close(model(**x), want, rtol=0, atol=1e-5)
+    full = dict(x)
+    full["input_ids"] = torch.cat([torch.tensor(text_ids).expand(b, -1), x["input_ids"]], dim=1)
+    full["attention_mask"] = torch.cat([torch.ones(b, 3, dtype=torch.long), x["attention_mask"]], dim=1)
+    if family == "t5":  # the decoder output, whose length the source prompt does not change
+        got, want = model(**x), base(**full)
+    else:  # per-token hidden states: a pooling head would pool a different first token
+        got, want = model.backbone(**x), base.backbone(**full)[:, 3:]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

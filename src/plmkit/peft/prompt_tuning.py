@@ -5,6 +5,7 @@ The wrapper replaces the backbone: it embeds `input_ids`, prepends the prompt th
 extends the attention mask with n ones (positions follow from the mask, so the real tokens sit after
 the prompt, also when rows are left-padded), runs the frozen backbone, and drops the n prompt
 positions from its output, so heads and losses see the same (B, T, D) as without prompt tuning.
+In an encoder-decoder the prompt goes in front of the source; the decoder output is unchanged in shape.
 Initializing from the embeddings of a real text (sec. 3.2, "class label" / vocabulary init) trains
 faster than random init; then, before training, the model behaves as if that text were typed in front.
 """
@@ -65,9 +66,11 @@ class PromptTunedBackbone(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
         if self.disabled or self.active is None:
-            return self.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             inputs_embeds=inputs_embeds, **kwargs)
+            return self.base(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                             **kwargs)
         if kwargs.get("cache") is not None:
             raise ConfigError("prompt tuning: decoding with a KV cache is not supported; pass cache=None")
         if inputs_embeds is None:
@@ -84,13 +87,18 @@ class PromptTunedBackbone(nn.Module):
         attention_mask = torch.cat([ones, attention_mask], dim=1)  # (B, n+T)
         if position_ids is not None:
             prompt_pos = torch.arange(n, device=position_ids.device).expand(b, -1)
-            position_ids = torch.cat([prompt_pos, position_ids + n], dim=1)
+            kwargs["position_ids"] = torch.cat([prompt_pos, position_ids + n], dim=1)
         if kwargs.get("token_type_ids") is not None:
             tt = kwargs["token_type_ids"]
             kwargs["token_type_ids"] = torch.cat([tt.new_zeros(b, n), tt], dim=1)
-        hidden = self.base(attention_mask=attention_mask, position_ids=position_ids,
-                           inputs_embeds=inputs_embeds, **kwargs)
+        hidden = self.base(attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+        if self.is_encoder_decoder:
+            return hidden  # decoder states (B, T, D): the prompt only lengthened the source
         return hidden[:, n:]  # (B, T, D): the prompt positions are not outputs
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return isinstance(getattr(self.base, "decoder", None), nn.Module)
 
 
 def apply_prompt_tuning(model: nn.Module, cfg: PromptTuningConfig | None = None, name: str = "default",
