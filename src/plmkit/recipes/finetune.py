@@ -1,0 +1,409 @@
+"""Fine-tune a pretrained encoder for classification, named-entity tagging or extractive QA.
+
+Loads `--pretrained` (a Hugging Face or plmkit directory) with `plmkit.load`, puts the task's head on the
+backbone (`TASKS[--task]`), trains through the one training loop, evaluates on `--data.eval_file`, and
+writes into `--out_dir`: `model/` (a Hugging Face checkpoint that transformers loads with the matching
+`...ForSequenceClassification`, `...ForTokenClassification` or `...ForQuestionAnswering`),
+`eval_report.json` and `eval_report.txt` (a readable table).
+
+    plmkit finetune --task=classification --pretrained=path/to/minilm \\
+        --data.train_file=sst2/train.tsv --data.eval_file=sst2/dev.tsv --out_dir=runs/sst2
+    plmkit finetune --task=ner --pretrained=... --data.train_file=eng.train --data.eval_file=eng.testa
+    plmkit finetune --task=qa --pretrained=... --data.train_file=train.json --data.eval_file=dev.json
+
+Input formats: classification reads GLUE TSV (`.tsv`), JSONL or CSV with `text` / `label` (and
+`text_pair`) columns, renamed with `--data.text_column` etc.; ner reads CoNLL; qa reads SQuAD JSON.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plmkit.data.readers import read_conll, read_glue_tsv, read_records, read_squad
+from plmkit.data.records import LabeledText, QAExample, TaggedTokens
+from plmkit.data.tasks import (
+    IGNORE_INDEX,
+    QAFeature,
+    best_spans,
+    collate,
+    encode_classification,
+    encode_qa,
+    encode_tagging,
+    word_predictions,
+)
+from plmkit.errors import ConfigError
+from plmkit.metrics import accuracy, entity_scores, f1_binary, f1_macro, squad_scores
+from plmkit.models.heads import SequenceClassificationHead, SpanHead, TaskModel, TokenClassificationHead
+from plmkit.training import StepOutput, TrainConfig, train
+
+
+@dataclass
+class DataConfig:
+    train_file: str = field(
+        default="", metadata={"help": "training file (TSV/JSONL/CSV, CoNLL or SQuAD JSON)"}
+    )
+    eval_file: str = field(default="", metadata={"help": "evaluation file in the same format"})
+    text_column: str = field(default="", metadata={"help": "text column ('': sentence for TSV, else text)"})
+    pair_column: str = field(default="", metadata={"help": "second-segment column for pair tasks ('': none)"})
+    label_column: str = field(default="label", metadata={"help": "label column of TSV/JSONL/CSV files"})
+    labels: list[str] = field(
+        default_factory=list, metadata={"help": "label set in id order ('': sorted labels of the train file)"}
+    )
+    max_train_examples: int = field(default=0, metadata={"help": "use the first N training records (0: all)"})
+    max_eval_examples: int = field(
+        default=0, metadata={"help": "use the first N evaluation records (0: all)"}
+    )
+    max_length: int = field(default=128, metadata={"help": "tokens per sequence (QA: per window)"})
+    stride: int = field(default=128, metadata={"help": "QA: context tokens shared by consecutive windows"})
+    max_answer_length: int = field(default=30, metadata={"help": "QA: longest answer span in tokens"})
+    batch_size: int = field(default=32, metadata={"help": "training examples per micro-batch"})
+    eval_batch_size: int = field(default=64, metadata={"help": "examples per evaluation batch"})
+
+
+def _default_train() -> TrainConfig:
+    # BERT's fine-tuning recipe (Devlin et al. 2019, appendix A.3): small lr, linear decay to zero.
+    return TrainConfig(
+        max_steps=1000, lr=5e-5, schedule="linear", min_lr_ratio=0.0, warmup_steps=0, weight_decay=0.01
+    )
+
+
+@dataclass
+class Config:
+    task: str = field(default="classification", metadata={"help": "task: a key of finetune.TASKS"})
+    pretrained: str = field(
+        default="", metadata={"help": "pretrained model directory (Hugging Face or plmkit)"}
+    )
+    out_dir: str = field(
+        default="", metadata={"help": "where model/, eval_report.json/.txt go ('': nowhere)"}
+    )
+    pooling: str = field(default="cls", metadata={"help": "classification pooling: cls, mean or last"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout of the task head"})
+    seed: int = field(default=0, metadata={"help": "seed of the head's initialization and the data order"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "task data"})
+    train: TrainConfig = field(default_factory=_default_train, metadata={"help": "training loop"})
+
+
+# ---- heads ---------------------------------------------------------------------------------------------
+
+
+def classification_head(backbone: nn.Module, num_labels: int, cfg: Config) -> nn.Module:
+    """The family's Hugging Face classification layout on top of the generic head.
+
+    BERT/ALBERT classify the pooled [CLS] (dense + tanh, initialized from the checkpoint's pooler);
+    RoBERTa uses its own dense + tanh with dropout before it; DistilBERT a dense + ReLU. Other families
+    (decoders) read the last real token without a dense layer.
+    """
+    c = backbone.config
+    d_model = c.d_model
+    model_type = getattr(c, "model_type", "")
+    pooling = cfg.pooling
+    if model_type in ("bert", "albert"):
+        return SequenceClassificationHead(d_model, num_labels, pooling, "tanh", cfg.dropout)
+    if model_type == "roberta":
+        return SequenceClassificationHead(
+            d_model, num_labels, pooling, "tanh", cfg.dropout, dropout_before_dense=True
+        )
+    if model_type == "distilbert":
+        return SequenceClassificationHead(d_model, num_labels, pooling, "relu", cfg.dropout)
+    return SequenceClassificationHead(
+        d_model, num_labels, "last" if pooling == "cls" else pooling, None, cfg.dropout
+    )
+
+
+def token_head(backbone: nn.Module, num_labels: int, cfg: Config) -> nn.Module:
+    return TokenClassificationHead(backbone.config.d_model, num_labels, cfg.dropout)
+
+
+def span_head(backbone: nn.Module, num_labels: int, cfg: Config) -> nn.Module:
+    return SpanHead(backbone.config.d_model)
+
+
+# ---- model inputs and losses ---------------------------------------------------------------------------
+
+
+def _accepts_token_types(model: nn.Module) -> bool:
+    backbone = getattr(model, "backbone", model)
+    return "token_type_ids" in inspect.signature(backbone.forward).parameters
+
+
+def forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+    """Run a TaskModel on a collated batch, giving token types to backbones that take them."""
+    inner = getattr(model, "module", model)  # DDP / compile wrappers
+    extra = {}
+    if "token_type_ids" in batch and _accepts_token_types(getattr(inner, "_orig_mod", inner)):
+        extra["token_type_ids"] = batch["token_type_ids"]
+    return model(batch["input_ids"], batch["attention_mask"], **extra)
+
+
+def classification_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+    logits = forward(model, batch)  # (B, C)
+    loss_sum = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+    return StepOutput(loss_sum=loss_sum, num_targets=batch["labels"].numel())
+
+
+def tagging_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+    logits = forward(model, batch)  # (B, T, C)
+    labels = batch["labels"]
+    loss_sum = F.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return StepOutput(loss_sum=loss_sum, num_targets=int((labels != IGNORE_INDEX).sum()))
+
+
+def span_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+    out = forward(model, batch)
+    # (start CE + end CE) / 2 per window, as BERT's SQuAD fine-tuning; windows are the targets.
+    start = F.cross_entropy(out.start_logits.float(), batch["start_positions"], reduction="sum")
+    end = F.cross_entropy(out.end_logits.float(), batch["end_positions"], reduction="sum")
+    return StepOutput(loss_sum=(start + end) / 2, num_targets=batch["start_positions"].numel())
+
+
+# ---- reading and encoding ------------------------------------------------------------------------------
+
+
+def _limit(records: list, n: int) -> list:
+    return records[:n] if n > 0 else records
+
+
+def read_classification(d: DataConfig, path: str, labels: Sequence[str] | None) -> list[LabeledText]:
+    if path.endswith((".tsv", ".tsv.gz")):
+        return read_glue_tsv(
+            path, d.text_column or "sentence", d.label_column, d.pair_column or None, labels=labels
+        )
+    columns = {"text": d.text_column or "text", "label": d.label_column}
+    if d.pair_column:
+        columns["text_pair"] = d.pair_column
+    return read_records(path, LabeledText, columns, labels=labels)
+
+
+def read_tagging(d: DataConfig, path: str, labels: Sequence[str] | None) -> list[TaggedTokens]:
+    return read_conll(path, labels=labels)
+
+
+def read_qa(d: DataConfig, path: str, labels: Sequence[str] | None) -> list[QAExample]:
+    return read_squad(path)
+
+
+def classification_labels(records: Sequence[LabeledText]) -> list[str]:
+    return sorted({r.label for r in records})
+
+
+def tagging_labels(records: Sequence[TaggedTokens]) -> list[str]:
+    # "O" first so that id 0 is "no entity" (the prediction for words cut off by max_length).
+    tags = {t for r in records for t in r.tags}
+    return (["O"] if "O" in tags else []) + sorted(tags - {"O"}, key=lambda t: (t[2:], t))
+
+
+def no_labels(records: Sequence[QAExample]) -> list[str]:
+    return []
+
+
+def encode_cls(tokenizer: Any, records: Sequence, labels: Sequence[str], d: DataConfig) -> list[dict]:
+    return encode_classification(tokenizer, records, labels, d.max_length)
+
+
+def encode_ner(tokenizer: Any, records: Sequence, labels: Sequence[str], d: DataConfig) -> list[dict]:
+    return encode_tagging(tokenizer, records, labels, d.max_length)
+
+
+def encode_span(tokenizer: Any, records: Sequence, labels: Sequence[str], d: DataConfig) -> list[dict]:
+    return [f.as_dict() for f in encode_qa(tokenizer, records, d.max_length, d.stride)]
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, features: Sequence[dict], pad_id: int, batch_size: int) -> list[Any]:
+    was_training = model.training
+    model.eval()
+    outs = []
+    for i in range(0, len(features), batch_size):
+        batch = collate(features[i : i + batch_size], pad_id)
+        outs.append((batch, forward(model, batch)))
+    model.train(was_training)
+    return outs
+
+
+def evaluate_classification(
+    model: nn.Module, tokenizer: Any, records: Sequence[LabeledText], labels: Sequence[str], d: DataConfig
+) -> dict[str, float]:
+    features = encode_classification(tokenizer, records, labels, d.max_length)
+    predictions: list[int] = []
+    for _, logits in _outputs(model, features, tokenizer.pad_id or 0, d.eval_batch_size):
+        predictions += logits.argmax(-1).tolist()
+    gold = [f["labels"] for f in features]
+    scores = {"accuracy": accuracy(predictions, gold)}
+    if len(labels) == 2:
+        scores["f1"] = f1_binary(predictions, gold, positive=1)
+    else:
+        scores["f1_macro"] = f1_macro(predictions, gold, labels=list(range(len(labels))))
+    return scores
+
+
+def evaluate_tagging(
+    model: nn.Module, tokenizer: Any, records: Sequence[TaggedTokens], labels: Sequence[str], d: DataConfig
+) -> dict[str, float]:
+    features = encode_tagging(tokenizer, records, labels, d.max_length)
+    predicted_tags: list[list[str]] = []
+    k = 0
+    for _, logits in _outputs(model, features, tokenizer.pad_id or 0, d.eval_batch_size):
+        for row in logits.argmax(-1).tolist():
+            ids = word_predictions(row, features[k]["word_ids"], len(records[k].tokens))
+            predicted_tags.append([labels[i] for i in ids])
+            k += 1
+    scores = entity_scores(predicted_tags, [r.tags for r in records])
+    out = {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"]}
+    for type_, row in scores["per_type"].items():
+        out[f"f1_{type_}"] = row["f1"]
+    return out
+
+
+def evaluate_qa(
+    model: nn.Module, tokenizer: Any, records: Sequence[QAExample], labels: Sequence[str], d: DataConfig
+) -> dict[str, float]:
+    features: list[QAFeature] = encode_qa(tokenizer, records, d.max_length, d.stride)
+    starts: list[torch.Tensor] = []
+    ends: list[torch.Tensor] = []
+    for _, out in _outputs(model, [f.as_dict() for f in features], tokenizer.pad_id or 0, d.eval_batch_size):
+        starts += list(out.start_logits)
+        ends += list(out.end_logits)
+    predictions = best_spans(features, starts, ends, records, d.max_answer_length)
+    return squad_scores(predictions, {r.id: [a.text for a in r.answers] for r in records})
+
+
+# ---- the task table ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything `run` needs to know about a task; add a task by adding a row to TASKS."""
+
+    read: Callable[[DataConfig, str, Sequence[str] | None], list]
+    label_set: Callable[[Sequence[Any]], list[str]]
+    encode: Callable[[Any, Sequence[Any], Sequence[str], DataConfig], list[dict]]
+    head: Callable[[nn.Module, int, Config], nn.Module]
+    step: Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]
+    evaluate: Callable[[nn.Module, Any, Sequence[Any], Sequence[str], DataConfig], dict[str, float]]
+    main_metric: str
+
+
+TASKS: dict[str, Task] = {
+    "classification": Task(
+        read_classification,
+        classification_labels,
+        encode_cls,
+        classification_head,
+        classification_step,
+        evaluate_classification,
+        "accuracy",
+    ),
+    "ner": Task(read_tagging, tagging_labels, encode_ner, token_head, tagging_step, evaluate_tagging, "f1"),
+    "qa": Task(read_qa, no_labels, encode_span, span_head, span_step, evaluate_qa, "f1"),
+}
+
+
+def build_task_model(backbone: nn.Module, task: Task, num_labels: int, cfg: Config) -> TaskModel:
+    """Put a freshly initialized task head on a pretrained backbone."""
+    if isinstance(backbone, TaskModel):  # a checkpoint loaded with a head: keep only its encoder
+        backbone = backbone.backbone
+    torch.manual_seed(cfg.seed)
+    head = task.head(backbone, num_labels, cfg)
+    for module in head.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=getattr(backbone.config, "init_std", 0.02))
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    pooler = getattr(backbone, "pooler", None)
+    if pooler is not None:
+        # Hugging Face's BERT/ALBERT classifiers read the pretrained pooler; in plmkit it is the head's
+        # `dense`. The other heads have no pooler, so a saved checkpoint carries none.
+        if isinstance(head, SequenceClassificationHead) and head.dense is not None:
+            head.dense.load_state_dict(pooler.dense.state_dict())
+        backbone.pooler = None
+        backbone.config = replace(backbone.config, add_pooler=False)
+    return TaskModel(backbone, head)
+
+
+def format_table(title: str, scores: dict[str, float]) -> str:
+    """A two-column plain-text table of the scores."""
+    width = max(len(k) for k in scores)
+    lines = [title, "-" * max(len(title), width + 12)]
+    for key, value in scores.items():
+        lines.append(f"{key:<{width}}  {value:>10.4f}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_label_names(model_dir: Path, labels: Sequence[str]) -> None:
+    # transformers reads id2label/label2id from config.json; only the recipe knows the names.
+    config_path = model_dir / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["id2label"] = {str(i): label for i, label in enumerate(labels)}
+    config["label2id"] = {label: i for i, label in enumerate(labels)}
+    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def run(cfg: Config) -> dict:
+    from plmkit.data.batches import ShuffledBatches
+    from plmkit.interop.hf import load, save_hf
+
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task {cfg.task!r} is not one of {', '.join(TASKS)}")
+    task = TASKS[cfg.task]
+    d = cfg.data
+    for key in ("pretrained",):
+        if not getattr(cfg, key):
+            raise ConfigError(f"--{key} is required")
+    for key in ("train_file", "eval_file"):
+        if not getattr(d, key):
+            raise ConfigError(f"--data.{key} is required")
+    given = list(d.labels) or None
+    train_records = _limit(task.read(d, d.train_file, given), d.max_train_examples)
+    labels = given or task.label_set(train_records)
+    eval_records = _limit(task.read(d, d.eval_file, labels or None), d.max_eval_examples)
+
+    pretrained = load(cfg.pretrained)
+    tokenizer = pretrained.require_tokenizer()
+    model = build_task_model(pretrained.model, task, len(labels), cfg)
+    features = task.encode(tokenizer, train_records, labels, d)
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    batches = ShuffledBatches(features, lambda xs: collate(xs, pad_id), d.batch_size, seed=cfg.seed)
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        return task.evaluate(m, tokenizer, eval_records, labels, d)
+
+    start = time.perf_counter()
+    result = train(model, task.step, batches, cfg.train, eval_fn=eval_fn, tokenizer=tokenizer)
+    seconds = time.perf_counter() - start
+    scores = dict(result.final_eval)
+    summary: dict[str, Any] = {
+        "task": cfg.task,
+        "steps": result.step,
+        "first_loss": result.history[0]["loss"],
+        "final_loss": result.history[-1]["loss"],
+        "train_seconds": seconds,
+        "train_examples": len(train_records),
+        "eval_examples": len(eval_records),
+        **scores,
+    }
+    if cfg.out_dir:
+        out = Path(cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model_dir = save_hf(model, out / "model", tokenizer=tokenizer)
+        if labels:
+            _write_label_names(Path(model_dir), labels)
+        (out / "eval_report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        table = format_table(f"{cfg.task} on {d.eval_file} ({len(eval_records)} examples)", scores)
+        (out / "eval_report.txt").write_text(table, encoding="utf-8")
+        summary["model_dir"] = str(model_dir)
+    return summary
