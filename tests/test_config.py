@@ -200,3 +200,26 @@ def test_every_shipped_preset_parses(preset):
         except ConfigError as e:
             errors[command] = str(e)
     pytest.fail(f"{preset.name} parses for no recipe: {errors}")
+
+
+@dataclass
+class NeedsData:
+    data: str = field(metadata={"help": "required input file"})
+    model: ModelCfg = field(default_factory=ModelCfg, metadata={"help": "the network"})
+
+
+def test_required_option_from_either_source(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model:\n  n_layer: 5\n")
+    cfg = parse(NeedsData, ["--config", str(path), "--data=corpus.txt"])
+    assert cfg.data == "corpus.txt" and cfg.model.n_layer == 5
+    with pytest.raises(ConfigError, match=r"^missing required option --data$"):
+        parse(NeedsData, ["--config", str(path)])
+    # The error names where the bad value came from: the override, or the file.
+    with pytest.raises(ConfigError, match=r"^--model.n_layer expects int, got 'x'$"):
+        parse(NeedsData, ["--config", str(path), "--data=a", "--model.n_layer=x"])
+    path.write_text("data: a\nmodel:\n  n_layer: [1]\n")
+    with pytest.raises(ConfigError) as e:
+        parse(NeedsData, ["--config", str(path)])
+    assert str(e.value) == f"key 'model.n_layer' in {path} expects int, got [1] (list)"
+    assert parse(NeedsData, ["--config", str(path), "--model.n_layer=2"]).model.n_layer == 2

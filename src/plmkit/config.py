@@ -145,7 +145,8 @@ def _convert(value: Any, tp: Any, dotted: str, where: _Where) -> Any:
 
     def fail(extra: str = "") -> ConfigError:
         got = f"'{value}'" if isinstance(value, _Cli) else f"{_shown(value)} ({type(value).__name__})"
-        return ConfigError(f"{where.key(dotted)} expects {_type_name(tp)}, got {got}{extra}")
+        key = f"--{dotted}" if isinstance(value, _Cli) else where.key(dotted)
+        return ConfigError(f"{key} expects {_type_name(tp)}, got {got}{extra}")
 
     cli = isinstance(value, _Cli)
     if tp is Any:
@@ -292,7 +293,7 @@ def _build(cls: type[T], data: dict[str, Any], base: Any, prefix: str, where: _W
             kwargs[name] = _convert(value, tp, prefix + name, where)
     missing = [n for n, f in fields.items() if n not in kwargs and _field_default(f) is _MISSING]
     if missing:
-        raise ConfigError(f"missing required option {where.key(prefix + missing[0])}")
+        raise ConfigError(f"missing required option --{prefix + missing[0]}")
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -424,14 +425,13 @@ def parse(cls: type[T], argv: list[str] | None = None) -> T:
     """A `cls` instance from defaults, an optional `--config file.yaml`, then `--a.b=value` overrides."""
     argv = list(argv or [])
     config_path, overrides = _parse_argv(cls, argv)
-    base: T | None = None
-    if config_path is not None:
-        data = load_yaml(config_path)
-        base = _build(cls, data, None, "", _Where(file=config_path))
-    tree: dict[str, Any] = {}
+    # One tree, YAML values overwritten by command-line ones; a value's type (_Cli or not) says where it
+    # came from, so errors still name the YAML file or the option. Building once lets the command line
+    # supply a required option the file leaves out.
+    tree: dict[str, Any] = load_yaml(config_path) if config_path is not None else {}
     for dotted, value in overrides.items():
         _set_dotted(tree, dotted, value)
-    return _build(cls, tree, base, "", _Where())
+    return _build(cls, tree, None, "", _Where(file=config_path))
 
 
 def from_dict(cls: type[T], data: dict[str, Any], source: str | None = None) -> T:
