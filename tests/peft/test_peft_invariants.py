@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from peft_families import inputs, make, second_row_alone, second_row_outputs
 
 from plmkit.peft import (
     BottleneckConfig,
@@ -25,7 +26,6 @@ from plmkit.peft import (
     unmerge_lora,
 )
 from plmkit.training.loop import enable_activation_checkpointing
-from tests.peft.conftest import inputs, make, second_row_alone, second_row_outputs
 
 # Methods whose adapter is the identity at initialization (zero-initialized B / up-projection, unit scales).
 IDENTITY_AT_INIT = {
