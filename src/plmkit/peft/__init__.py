@@ -90,6 +90,7 @@ class PeftOptions:
     reparameterize: bool = field(default=True, metadata={"help": "prefix: train through an MLP"})
     hidden: int = field(default=512, metadata={"help": "prefix: MLP width"})
     ia3_targets: str = field(default="k_proj,v_proj,down_proj", metadata={"help": "ia3: modules to rescale"})
+    modules_to_save: str = field(default="", metadata={"help": "modules trained in full too, e.g. head"})
 
     def __post_init__(self) -> None:
         if self.method and self.method not in METHODS:
@@ -116,9 +117,13 @@ def _registry(model: nn.Module) -> dict[str, tuple[str, dict]]:
 
 
 def apply_peft(model: nn.Module, method: str | PeftOptions, cfg: Any = None, name: str = "default",
-               tokenizer: Any = None) -> nn.Module:
-    """Attach adapter `name` of `method` (a METHODS key, or a PeftOptions block); use the returned model."""
+               tokenizer: Any = None, modules_to_save: str | list[str] = "") -> nn.Module:
+    """Attach adapter `name` of `method` (a METHODS key, or a PeftOptions block); use the returned model.
+
+    `modules_to_save` names modules (such as a new task head, "head") that train in full beside the
+    adapter and are saved with it."""
     if isinstance(method, PeftOptions):
+        modules_to_save = modules_to_save or method.modules_to_save
         cfg, method = options_to_config(method), method.method
     if method not in METHODS:
         raise ConfigError(f"unknown PEFT method {method!r} (known: {', '.join(METHODS)})")
@@ -127,9 +132,20 @@ def apply_peft(model: nn.Module, method: str | PeftOptions, cfg: Any = None, nam
     if not isinstance(cfg, spec.config):
         raise ConfigError(f"PEFT method {method!r} needs a {spec.config.__name__}, got {type(cfg).__name__}")
     registry = dict(getattr(model, REGISTRY_ATTR, None) or {})
+    saved = core.modules_to_save(model)
+    for where in core.split_patterns(modules_to_save):
+        try:
+            model.get_submodule(where)
+        except AttributeError:
+            raise ConfigError(f"modules_to_save: the model has no module {where!r}") from None
+        if where not in saved:
+            saved.append(where)
     model = spec.apply(model, cfg, name, tokenizer=tokenizer)
     registry[name] = (method, asdict(cfg))
     setattr(model, REGISTRY_ATTR, registry)
+    if saved:
+        setattr(model, core.SAVED_MODULES_ATTR, saved)
+        mark_trainable(model, name)
     return model
 
 
@@ -144,6 +160,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, name: str | None = N
     if name not in reg:
         raise ConfigError(f"save_adapter: no adapter named {name!r} was attached with apply_peft")
     method, config = reg[name]
+    config = {**config, "modules_to_save": core.modules_to_save(model)}
     return core.save_adapter(model, path, method, config, name)
 
 
@@ -154,13 +171,15 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
     where = str(Path(path) / core.ADAPTER_WEIGHTS)
     if method not in METHODS:
         raise CheckpointError(f"{Path(path) / core.ADAPTER_CONFIG}: unknown PEFT method {method!r}")
+    config = dict(config)
+    saved = config.pop("modules_to_save", [])
     try:
         cfg = METHODS[method].config(**config)
     except TypeError as e:
         raise CheckpointError(f"{Path(path) / core.ADAPTER_CONFIG}: bad {method} config ({e})") from None
     if method == "prompt":
         cfg.init_text = ""  # the weights come from the file
-    model = apply_peft(model, method, cfg, name, tokenizer=tokenizer)
+    model = apply_peft(model, method, cfg, name, tokenizer=tokenizer, modules_to_save=saved)
     core.load_adapter_state_dict(model, state, name, where)
     return model
 

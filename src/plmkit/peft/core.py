@@ -119,12 +119,22 @@ def adapter_parameters(model: nn.Module, name: str | None = None) -> list[nn.Par
     return params
 
 
+SAVED_MODULES_ATTR = "peft_modules_to_save"  # on the root model: module names trained in full
+
+
+def modules_to_save(model: nn.Module) -> list[str]:
+    return list(getattr(model, SAVED_MODULES_ATTR, None) or [])
+
+
 def mark_trainable(model: nn.Module, name: str | None = None) -> None:
-    """Freeze everything, then let only the (active) adapter's parameters train."""
+    """Freeze everything, then let only the (active) adapter's parameters train, plus the modules listed
+    as `modules_to_save` (a freshly initialized task head must train in full)."""
     for p in model.parameters():
         p.requires_grad_(False)
     for p in adapter_parameters(model, name):
         p.requires_grad_(True)
+    for where in modules_to_save(model):
+        model.get_submodule(where).requires_grad_(True)
 
 
 def trainable_report(model: nn.Module) -> str:
@@ -187,6 +197,9 @@ def adapter_state_dict(model: nn.Module, name: str | None = None) -> dict[str, t
         prefix = f"{where}." if where else ""
         for tname, tensor in host.adapters[key].state_dict().items():
             out[f"{prefix}{tname}"] = tensor.detach()
+    for where in modules_to_save(model):
+        for tname, tensor in model.get_submodule(where).state_dict().items():
+            out[f"{where}.{tname}"] = tensor.detach()
     return out
 
 
