@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from plmkit.errors import CheckpointError, TokenizerError
-from plmkit.interop import bert, gpt2, llama
+from plmkit.interop import bart, bert, gpt2, llama, t5
 from plmkit.interop.convert import drop_tied
 
 # model_type (config.json) -> family interop module. One line per model type.
@@ -34,6 +34,8 @@ FAMILIES: dict[str, ModuleType] = {
     "roberta": bert,
     "albert": bert,
     "distilbert": bert,
+    "t5": t5,
+    "bart": bart,
 }
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "char_tokenizer.json")
