@@ -38,6 +38,7 @@ CASES: dict[str, str] = {
     "tokenizer_train": "bench.data_tokenizer:train_throughput",
     "gpt_train": "bench.gpt_speed:train_case",
     "gpt_generate": "bench.gpt_speed:generate_case",
+    "training_loop": "bench.training_loop:loop_throughput",
 }
 
 
