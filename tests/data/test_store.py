@@ -10,7 +10,7 @@ import torch
 from plmkit.data.batches import Batches
 from plmkit.data.store import PackedBatches, TokenStore, build_store, store_dtype
 from plmkit.data.tokenizer import CharTokenizer, Tokenizer
-from plmkit.errors import DataError
+from plmkit.errors import DataError, TokenizerError
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -162,6 +162,11 @@ def test_bad_inputs_give_one_line_errors_and_destroy_nothing(tmp_path, gpt2, sha
     bad_json.write_text('{"text": "ok"}\n{"text": \n')
     with pytest.raises(DataError, match=rf"^{bad_json} line 2: invalid JSON"):
         build_store([bad_json], gpt2, tmp_path / "y", progress=False)
+    odd = tmp_path / "odd.txt"
+    odd.write_text("abc\n\nabz\n")
+    with pytest.raises(TokenizerError, match=rf"^{odd}: character 'z' is not in the character vocabulary$"):
+        build_store([odd], CharTokenizer.from_text("abc\n"), tmp_path / "z", num_proc=2, progress=False)
+    assert not (tmp_path / "z").exists()
     # A truncated shard is detected on open, never read half-way.
     shard = keep / "shard_00000.bin"
     shard.write_bytes(shard.read_bytes()[:-2])

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from plmkit.data.readers_text import Split, read_documents
 from plmkit.data.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
-from plmkit.errors import DataError
+from plmkit.errors import DataError, PlmkitError
 
 __all__ = ["build_store", "TokenStore", "PackedBatches", "store_dtype"]
 
@@ -58,12 +58,15 @@ def _init_worker(tokenizer: AnyTokenizer, separator: int | None, add_special_tok
     _worker_options = (separator, add_special_tokens)
 
 
-def _tokenize_chunk(task: tuple[int, list[str]]) -> tuple[int, int, int, np.ndarray]:
+def _tokenize_chunk(task: tuple[int, str, list[str]]) -> tuple[int, int, int, np.ndarray]:
     """(source, documents) -> (source, number of documents, characters, ids with a separator after each)."""
-    source, docs = task
+    source, path, docs = task
     assert _worker_tokenizer is not None
     separator, add_special_tokens = _worker_options
-    encoded = _worker_tokenizer.encode_batch(docs, add_special_tokens=add_special_tokens)
+    try:
+        encoded = _worker_tokenizer.encode_batch(docs, add_special_tokens=add_special_tokens)
+    except PlmkitError as e:  # e.g. a character outside a CharTokenizer's vocabulary: say which file
+        raise type(e)(f"{path}: {e}") from None
     if separator is not None:
         encoded = [ids + [separator] for ids in encoded]
     flat = np.fromiter((i for ids in encoded for i in ids), dtype=np.int64, count=sum(map(len, encoded)))
@@ -71,7 +74,7 @@ def _tokenize_chunk(task: tuple[int, list[str]]) -> tuple[int, int, int, np.ndar
 
 
 def _chunks(inputs: Sequence[Path], text_field: str, split: Split, chunk_docs: int,
-            chunk_chars: int) -> Iterator[tuple[int, list[str]]]:
+            chunk_chars: int) -> Iterator[tuple[int, str, list[str]]]:
     for source, path in enumerate(inputs):
         docs: list[str] = []
         chars = 0
@@ -79,10 +82,10 @@ def _chunks(inputs: Sequence[Path], text_field: str, split: Split, chunk_docs: i
             docs.append(doc)
             chars += len(doc)
             if len(docs) >= chunk_docs or chars >= chunk_chars:
-                yield source, docs
+                yield source, str(path), docs
                 docs, chars = [], 0
         if docs:
-            yield source, docs
+            yield source, str(path), docs
 
 
 class _ShardWriter:
