@@ -462,7 +462,7 @@ def _default_text(value: Any) -> str:
     if value is _MISSING:
         return "required"
     if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value) if value else "''"
+        return ",".join(str(v) for v in value) if value else "[]"
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, str):
