@@ -134,7 +134,7 @@ def albert_pretraining(config: AlbertConfig) -> TaskModel:
     """ALBERT with MLM + SOP heads -> `PreTrainingLogits` (pair_logits: 0 in order, 1 swapped)."""
     config = replace(config, add_pooler=False)
     backbone = AlbertModel(config)
-    head = PreTrainingHead(albert_mlm_head(config, backbone), config.d_model)
+    head = PreTrainingHead(albert_mlm_head(config, backbone), config.d_model, pair_task="sop")
     init_encoder_weights(head.pooler.dense, config.init_std)
     init_encoder_weights(head.pair_classifier, config.init_std)
     return TaskModel(backbone, head)

@@ -273,8 +273,11 @@ class PreTrainingLogits:
 class PreTrainingHead(nn.Module):
     """MLM head plus the pooler and a two-way sentence-pair classifier on the pooled [CLS]."""
 
-    def __init__(self, mlm: MaskedLMHead, d_model: int, dropout: float = 0.0):
+    def __init__(self, mlm: MaskedLMHead, d_model: int, dropout: float = 0.0, pair_task: str = "nsp"):
         super().__init__()
+        if pair_task not in ("nsp", "sop"):
+            raise ConfigError(f"pair_task must be 'nsp' or 'sop', got {pair_task!r}")
+        self.pair_task = pair_task  # which sentence-pair data the head is trained on
         self.mlm = mlm
         self.pooler = Pooler(d_model)
         self.dropout = nn.Dropout(dropout)
@@ -284,6 +287,21 @@ class PreTrainingHead(nn.Module):
         pooled = self.pooler(hidden)  # (B, D)
         return PreTrainingLogits(mlm_logits=self.mlm(hidden),
                                  pair_logits=self.pair_classifier(self.dropout(pooled)))  # (B, 2)
+
+
+def with_pair_head(mlm_model: TaskModel, pair_task: str) -> TaskModel:
+    """An MLM model (backbone + `MaskedLMHead`) with a freshly initialized pooler and sentence-pair
+    classifier added: the same weights, now trained on MLM + NSP ("nsp") or MLM + SOP ("sop")."""
+    if not isinstance(mlm_model.head, MaskedLMHead):
+        raise ConfigError(
+            f"with_pair_head needs a model with a MaskedLMHead, got {type(mlm_model.head).__name__}"
+        )
+    d_model = mlm_model.backbone.config.d_model
+    head = PreTrainingHead(mlm_model.head, d_model, pair_task=pair_task)
+    std = mlm_model.backbone.config.init_std
+    init_encoder_weights(head.pooler.dense, std)
+    init_encoder_weights(head.pair_classifier, std)
+    return TaskModel(mlm_model.backbone, head)
 
 
 def bert_mlm_head(config: BertConfig, backbone: BertModel) -> MaskedLMHead:

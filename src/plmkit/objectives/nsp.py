@@ -147,6 +147,38 @@ def build_sop_pairs(documents: Sequence[Document], max_length: int, cls_id: int,
     return pairs
 
 
+def pairs_from_windows(windows: torch.Tensor, task: str, cls_id: int, sep_id: int,
+                       generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Sentence pairs made on the fly from packed token windows (B, T), for pre-training on a token
+    store that keeps no sentence boundaries. Each window's first half is A and its second half B
+    (cut so that `[CLS] A [SEP] B [SEP]` is T long). NSP (label 1, 50%): B is replaced by the second
+    half of the next window in the batch, a random stretch of the shuffled corpus. SOP (label 1, 50%):
+    A and B are swapped. Returns `input_ids`, `token_type_ids` (B, T) and `pair_labels` (B,).
+    """
+    if task not in ("nsp", "sop"):
+        raise ConfigError(f"pair task must be 'nsp' or 'sop', got {task!r}")
+    b, t = windows.shape
+    if t < 5:
+        raise ConfigError(f"windows of {t} tokens are too short for [CLS] A [SEP] B [SEP]")
+    if task == "nsp" and b < 2:
+        raise ConfigError("next-sentence prediction on packed windows needs a batch of at least 2")
+    labels = (torch.rand(b, generator=generator) < 0.5).long().to(windows.device)
+    half = (t - 3) // 2
+    firsts, seconds = windows[:, :half], windows[:, half:t - 3]
+    ids, types = [], []
+    for i in range(b):
+        a, second = firsts[i], seconds[i]
+        if labels[i] and task == "nsp":
+            second = seconds[(i + 1) % b]
+        elif labels[i]:
+            a, second = second, a
+        cls, sep = windows.new_tensor([cls_id]), windows.new_tensor([sep_id])
+        ids.append(torch.cat([cls, a, sep, second, sep]))
+        types.append(torch.cat([torch.zeros(len(a) + 2), torch.ones(len(second) + 1)]).long())
+    return {"input_ids": torch.stack(ids), "token_type_ids": torch.stack(types).to(windows.device),
+            "pair_labels": labels}
+
+
 def collate_pairs(pairs: Sequence[SentencePair], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a list of pairs into `input_ids`, `token_type_ids`, `attention_mask` (B, T) and
     `pair_labels` (B,)."""

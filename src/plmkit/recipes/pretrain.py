@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from plmkit import text2text as t2t
 from plmkit.errors import ConfigError, DataError
 from plmkit.models.gpt import GPT2Config, gpt2_lm
 from plmkit.models.llama import LlamaConfig, llama_lm
@@ -64,6 +65,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "text and tokenization"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "the training loop"})
     seed: int = field(default=0, metadata={"help": "seed for initialization, batching and masking"})
+    nsp: bool = field(default=False, metadata={"help": "with --objective=mlm: add next-sentence prediction"})
+    sop: bool = field(default=False, metadata={"help": "with --objective=mlm: add sentence-order prediction"})
 
 
 def build_gpt2(m: ModelConfig, vocab_size: int) -> nn.Module:
@@ -80,10 +83,40 @@ def build_llama(m: ModelConfig, vocab_size: int) -> nn.Module:
                                 num_kv_heads=m.num_kv_heads or None, d_ff=d_ff, dropout=m.dropout))
 
 
+def build_encoder(family: str) -> Callable[[ModelConfig, int], nn.Module]:
+    """A BERT-family masked LM of the given family (bert, roberta, albert, distilbert)."""
+
+    def build(m: ModelConfig, vocab_size: int) -> nn.Module:
+        from plmkit.models.albert import AlbertConfig, albert_mlm
+        from plmkit.models.bert import BertConfig, bert_mlm
+        from plmkit.models.distilbert import DistilBertConfig, distilbert_mlm
+
+        shape = dict(vocab_size=vocab_size, d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads,
+                     d_ff=m.d_ff or None, max_positions=m.max_positions, dropout=m.dropout,
+                     attention_dropout=m.dropout)
+        if family == "albert":
+            return albert_mlm(AlbertConfig(**shape, embedding_size=min(128, m.d_model)))
+        if family == "distilbert":
+            return distilbert_mlm(DistilBertConfig(**shape))
+        # RoBERTa's pad id is 1 and its positions start after it (two extra rows).
+        if family == "roberta":
+            shape["max_positions"] += 2
+            return bert_mlm(BertConfig(**shape, type_vocab_size=1, pad_token_id=1, model_type="roberta"))
+        return bert_mlm(BertConfig(**shape))
+
+    return build
+
+
 # Model family -> builder(model config, vocabulary size) -> nn.Module.
 MODELS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
     "gpt2": build_gpt2,
     "llama": build_llama,
+    "bert": build_encoder("bert"),
+    "roberta": build_encoder("roberta"),
+    "albert": build_encoder("albert"),
+    "distilbert": build_encoder("distilbert"),
+    "t5": t2t.build_t5,
+    "bart": t2t.build_bart,
 }
 
 
@@ -97,11 +130,67 @@ def make_clm(tokenizer: Any, seed: int) -> Callable[[nn.Module, dict[str, torch.
     return clm_step
 
 
+def make_mlm(tokenizer: Any, seed: int) -> Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]:
+    """Masked LM with dynamic masking (RoBERTa): every micro-batch gets a fresh 15% / 80-10-10 mask
+    from a generator seeded by (seed, micro-batch count). With a pre-training head (`--nsp`/`--sop`)
+    each window is also cut into a sentence pair and the pair loss is added, scaled so that the
+    loop's division by the number of masked tokens gives mean MLM loss + mean pair loss."""
+    from itertools import count
+
+    from plmkit.models.bert import PreTrainingHead
+    from plmkit.objectives.mlm import MaskingConfig, mask_tokens, mlm_loss
+    from plmkit.objectives.nsp import pair_loss, pairs_from_windows
+
+    if getattr(tokenizer, "mask_id", None) is None:
+        raise ConfigError("objective=mlm needs a tokenizer with a mask token ([MASK] or <mask>)")
+    roles = ("pad_id", "cls_id", "sep_id", "mask_id", "bos_id", "eos_id", "unk_id")
+    special = tuple(sorted({i for r in roles if (i := getattr(tokenizer, r, None)) is not None}))
+    masking = MaskingConfig(mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size, special_ids=special)
+    micro_batches = count()
+
+    def mlm_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+        ids, attention_mask = batch["input_ids"], batch.get("attention_mask")
+        generator = torch.Generator(device=ids.device).manual_seed(seed * 1_000_003 + next(micro_batches))
+        head = getattr(model, "head", None)
+        extra: dict[str, torch.Tensor] = {}
+        if isinstance(head, PreTrainingHead):
+            if tokenizer.cls_id is None or tokenizer.sep_id is None:
+                raise ConfigError("--nsp/--sop need a tokenizer with [CLS] and [SEP] tokens")
+            pairs = pairs_from_windows(ids, head.pair_task, tokenizer.cls_id, tokenizer.sep_id, generator)
+            ids, extra = pairs["input_ids"], {"token_type_ids": pairs["token_type_ids"]}
+        masked, labels = mask_tokens(ids, masking, generator, attention_mask=attention_mask)
+        out = model(masked, attention_mask, **extra)
+        logits = out.mlm_logits if extra else out  # (B, T, V)
+        loss_sum, n = mlm_loss(logits, labels)
+        metrics: dict[str, float] = {}
+        if extra:
+            pair_sum, b = pair_loss(out.pair_logits, pairs["pair_labels"])
+            loss_sum = loss_sum + pair_sum * (n.clamp(min=1) / b)
+            metrics["pair_loss"] = float(pair_sum.detach()) / b
+        return StepOutput(loss_sum=loss_sum, num_targets=n, metrics=metrics)
+
+    return mlm_step
+
+
 # Objective -> factory(tokenizer, seed) -> step_fn(model, batch) -> StepOutput. A factory gets the
 # tokenizer (mask/sentinel ids) and a seed for its own torch.Generator.
 OBJECTIVES: dict[str, Callable[[Any, int], Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]]] = {
     "clm": make_clm,
+    "mlm": make_mlm,
+    "span_corruption": t2t.make_span_corruption,
+    "denoising": t2t.make_denoising,
 }
+
+
+def _with_pair_head(cfg: Config, model: nn.Module) -> nn.Module:
+    from plmkit.models.bert import with_pair_head
+
+    if cfg.nsp and cfg.sop:
+        raise ConfigError("--nsp and --sop are exclusive: choose one sentence-pair task")
+    if cfg.objective != "mlm" or cfg.model.family not in ("bert", "albert"):
+        raise ConfigError(f"--nsp/--sop need --objective=mlm and model.family bert or albert "
+                          f"(got {cfg.objective}, {cfg.model.family})")
+    return with_pair_head(model, "sop" if cfg.sop else "nsp")
 
 
 def _choice(name: str, value: str, table: dict) -> Any:
@@ -167,6 +256,8 @@ def run(cfg: Config) -> dict:
     else:
         tokenizer = _tokenizer(cfg.data)
         model = build(cfg.model, cfg.model.vocab_size or tokenizer.vocab_size)
+    if cfg.nsp or cfg.sop:  # MLM plus a sentence-pair task: the MLM model gets a pre-training head
+        model = _with_pair_head(cfg, model)
     out_dir = Path(cfg.train.out_dir) if cfg.train.out_dir else None
     if cfg.data.store_dir:
         store_root = Path(cfg.data.store_dir)
