@@ -1,0 +1,203 @@
+"""Distil a fine-tuned classifier into a shallower student (DistilBERT's recipe, Sanh et al. 2019).
+
+The student is the teacher with every other layer (layers 0, 2, 4, ... by default, as DistilBERT
+initializes from BERT), keeping the teacher's embeddings and task head. It trains on the task data with
+`objectives.distillation`: alpha * T^2 * KL(teacher || student at temperature T) + beta * cross-entropy on
+the gold labels + gamma * (1 - cosine) between the students' and teacher's last hidden states (defaults
+T=2, weights 5/2/1). The report gives teacher and student scores, their ratio and the parameter ratio;
+with `--out_dir` the student is saved as a Hugging Face checkpoint and the report as JSON and a table.
+
+    plmkit distill --teacher=runs/sst2/model --data.train_file=sst2/train.tsv \\
+        --data.eval_file=sst2/dev.tsv --out_dir=runs/sst2-distilled
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plmkit.errors import ConfigError
+from plmkit.models.heads import TaskModel
+from plmkit.objectives.distillation import (
+    DistillationWeights,
+    combine_distillation,
+    hidden_cosine_loss,
+    soft_target_loss,
+)
+from plmkit.recipes.finetune import TASKS, DataConfig, _accepts_token_types, format_table
+from plmkit.training import StepOutput, TrainConfig, train
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(max_steps=1000, lr=5e-5, schedule="linear", min_lr_ratio=0.0, weight_decay=0.01)
+
+
+@dataclass
+class Config:
+    teacher: str = field(default="", metadata={"help": "fine-tuned teacher directory (HF or plmkit)"})
+    task: str = field(default="classification", metadata={"help": "task of the teacher: classification"})
+    student_layers: list[int] = field(
+        default_factory=list, metadata={"help": "teacher layers the student keeps ('': every other, from 0)"}
+    )
+    temperature: float = field(default=2.0, metadata={"help": "softmax temperature T of the soft targets"})
+    alpha_kl: float = field(default=5.0, metadata={"help": "weight of T^2 * KL(teacher || student)"})
+    beta_task: float = field(default=2.0, metadata={"help": "weight of the gold-label cross-entropy"})
+    gamma_cos: float = field(default=1.0, metadata={"help": "weight of the hidden-state cosine loss"})
+    out_dir: str = field(
+        default="", metadata={"help": "where model/ and distill_report.json go ('': nowhere)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the data order"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "task data"})
+    train: TrainConfig = field(default_factory=_default_train, metadata={"help": "training loop"})
+
+
+def every_other_layer(num_layers: int) -> list[int]:
+    """DistilBERT's choice: keep layers 0, 2, 4, ... of the teacher."""
+    return list(range(0, num_layers, 2))
+
+
+def student_from_teacher(teacher: TaskModel, layers: list[int] | None = None) -> TaskModel:
+    """A copy of `teacher` that keeps only the given encoder layers (default: every other one)."""
+    backbone = teacher.backbone
+    if not hasattr(backbone, "layers") or not hasattr(backbone.config, "num_layers"):
+        raise ConfigError(f"cannot take layers from a {type(backbone).__name__}: it has no `layers` list")
+    n = len(backbone.layers)
+    layers = list(layers) if layers else every_other_layer(n)
+    bad = [i for i in layers if not 0 <= i < n]
+    if bad or not layers:
+        raise ConfigError(f"student_layers {layers} must be indices of the teacher's {n} layers")
+    student = copy.deepcopy(teacher)
+    student.backbone.layers = nn.ModuleList(copy.deepcopy(backbone.layers[i]) for i in layers)
+    student.backbone.config = replace(backbone.config, num_layers=len(layers))
+    return student
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class Distiller(nn.Module):
+    """Student and frozen teacher run on the same batch: both last hidden states and both logits."""
+
+    def __init__(self, student: TaskModel, teacher: TaskModel):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        self.teacher.eval()  # the teacher's soft targets never see dropout
+        return self
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        extra = {}
+        if "token_type_ids" in batch and _accepts_token_types(self.student):
+            extra["token_type_ids"] = batch["token_type_ids"]
+        mask = batch["attention_mask"]
+        s_hidden = self.student.backbone(input_ids=batch["input_ids"], attention_mask=mask, **extra)
+        with torch.no_grad():
+            t_hidden = self.teacher.backbone(input_ids=batch["input_ids"], attention_mask=mask, **extra)
+            t_logits = self.teacher.head(t_hidden, mask)
+        return {
+            "student_hidden": s_hidden,  # (B, T, D)
+            "student_logits": self.student.head(s_hidden, mask),  # (B, C)
+            "teacher_hidden": t_hidden,
+            "teacher_logits": t_logits,
+        }
+
+
+def make_step(weights: DistillationWeights):  # noqa: ANN201 - a StepFn
+    def step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+        out = model(batch)
+        kl_sum, n = soft_target_loss(out["student_logits"], out["teacher_logits"], weights.temperature)
+        task_mean = F.cross_entropy(out["student_logits"].float(), batch["labels"])
+        cos_sum, n_tokens = hidden_cosine_loss(
+            out["student_hidden"], out["teacher_hidden"], batch["attention_mask"]
+        )
+        loss = combine_distillation(kl_sum / n, task_mean, cos_sum / n_tokens, weights)
+        batch_size = batch["labels"].numel()
+        metrics = {"kl": float(kl_sum / n), "task": float(task_mean), "cos": float(cos_sum / n_tokens)}
+        # A sequence-level loss: the window average is over examples.
+        return StepOutput(loss_sum=loss * batch_size, num_targets=batch_size, metrics=metrics)
+
+    return step
+
+
+def run(cfg: Config) -> dict:
+    from plmkit.data.batches import ShuffledBatches
+    from plmkit.data.tasks import collate
+    from plmkit.interop.hf import load, save_hf
+
+    if cfg.task != "classification":
+        raise ConfigError(f"task {cfg.task!r}: distill supports classification only")
+    if not cfg.teacher:
+        raise ConfigError("--teacher is required")
+    d = cfg.data
+    for key in ("train_file", "eval_file"):
+        if not getattr(d, key):
+            raise ConfigError(f"--data.{key} is required")
+    task = TASKS[cfg.task]
+    weights = DistillationWeights(cfg.temperature, cfg.alpha_kl, cfg.beta_task, cfg.gamma_cos)
+    pretrained = load(cfg.teacher)
+    teacher, tokenizer = pretrained.model, pretrained.require_tokenizer()
+    if not isinstance(teacher, TaskModel):
+        raise ConfigError(f"{cfg.teacher}: the teacher must be a fine-tuned model with a task head")
+    id2label = pretrained.hf_config.get("id2label") or {}
+    names = [str(id2label.get(str(i), id2label.get(i, ""))) for i in range(len(id2label))]
+    # transformers' placeholder names (LABEL_0, ...) carry no meaning: take the label set from the data then.
+    unnamed = names == [f"LABEL_{i}" for i in range(len(names))]
+    labels: list[str] | None = list(d.labels) or (None if unnamed or not names else names)
+    train_records = task.read(d, d.train_file, labels)
+    train_records = train_records[: d.max_train_examples] if d.max_train_examples else train_records
+    labels = labels or task.label_set(train_records)
+    eval_records = task.read(d, d.eval_file, labels)
+    eval_records = eval_records[: d.max_eval_examples] if d.max_eval_examples else eval_records
+
+    student = student_from_teacher(teacher, cfg.student_layers or None)
+    teacher_scores = task.evaluate(teacher, tokenizer, eval_records, labels, d)
+    features = task.encode(tokenizer, train_records, labels, d)
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    batches = ShuffledBatches(features, lambda xs: collate(xs, pad_id), d.batch_size, seed=cfg.seed)
+    start = time.perf_counter()
+    result = train(Distiller(student, teacher), make_step(weights), batches, cfg.train, tokenizer=tokenizer)
+    seconds = time.perf_counter() - start
+    student_scores = task.evaluate(student, tokenizer, eval_records, labels, d)
+    metric = task.main_metric
+    summary: dict[str, Any] = {
+        "teacher_layers": len(teacher.backbone.layers),
+        "student_layers": len(student.backbone.layers),
+        "teacher_parameters": count_parameters(teacher),
+        "student_parameters": count_parameters(student),
+        "parameter_ratio": count_parameters(student) / count_parameters(teacher),
+        f"teacher_{metric}": teacher_scores[metric],
+        f"student_{metric}": student_scores[metric],
+        "score_ratio": student_scores[metric] / teacher_scores[metric] if teacher_scores[metric] else 0.0,
+        "steps": result.step,
+        "first_loss": result.history[0]["loss"],
+        "final_loss": result.history[-1]["loss"],
+        "train_seconds": seconds,
+    }
+    if cfg.out_dir:
+        out = Path(cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model_dir = save_hf(student, out / "model", tokenizer=tokenizer)
+        config_path = Path(model_dir) / "config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["id2label"] = {str(i): label for i, label in enumerate(labels)}
+        config["label2id"] = {label: i for i, label in enumerate(labels)}
+        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (out / "distill_report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        table = {k: float(v) for k, v in summary.items() if k != "train_seconds"}
+        (out / "distill_report.txt").write_text(
+            format_table(f"distill {cfg.teacher}", table), encoding="utf-8"
+        )
+        summary["model_dir"] = str(model_dir)
+    return summary
