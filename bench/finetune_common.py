@@ -201,11 +201,11 @@ def side_by_side(
     )
 
 
-def report(title: str, result: SideBySide, metrics: Sequence[str]) -> str:
+def report(title: str, result: SideBySide, metrics: Sequence[str], scale: float = 100.0) -> str:
+    """A table of the scores (times `scale`), their difference, time per step and the speed ratio."""
     lines = [title, f"{'':<22}{'plmkit':>10}{'transformers':>14}{'diff / ratio':>14}"]
     for m in metrics:
         ours, ref = result.plmkit_scores[m], result.reference_scores[m]
-        scale = 100.0 if m in ("accuracy", "f1", "precision", "recall") and ours <= 1.0 else 1.0
         lines.append(f"{m:<22}{ours * scale:>10.2f}{ref * scale:>14.2f}{(ours - ref) * scale:>+14.2f}")
     lines.append(
         f"{'s / step':<22}{result.plmkit_s_per_step:>10.3f}{result.reference_s_per_step:>14.3f}"
