@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plmkit import text2text as t2t
 from plmkit.data.readers import read_conll, read_glue_tsv, read_records, read_squad
 from plmkit.data.records import LabeledText, QAExample, TaggedTokens
 from plmkit.data.tasks import (
@@ -44,6 +45,7 @@ from plmkit.data.tasks import (
 from plmkit.errors import ConfigError
 from plmkit.metrics import accuracy, entity_scores, f1_binary, f1_macro, squad_scores
 from plmkit.models.heads import SequenceClassificationHead, SpanHead, TaskModel, TokenClassificationHead
+from plmkit.peft import PeftOptions
 from plmkit.training import StepOutput, TrainConfig, train
 
 
@@ -91,6 +93,9 @@ class Config:
     seed: int = field(default=0, metadata={"help": "seed of the head's initialization and the data order"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "task data"})
     train: TrainConfig = field(default_factory=_default_train, metadata={"help": "training loop"})
+    peft: PeftOptions = field(
+        default_factory=PeftOptions, metadata={"help": "parameter-efficient fine-tuning (method '': full)"}
+    )
 
 
 # ---- heads ---------------------------------------------------------------------------------------------
@@ -310,6 +315,8 @@ TASKS: dict[str, Task] = {
     ),
     "ner": Task(read_tagging, tagging_labels, encode_ner, token_head, tagging_step, evaluate_tagging, "f1"),
     "qa": Task(read_qa, no_labels, encode_span, span_head, span_step, evaluate_qa, "f1"),
+    "text2text": Task(t2t.read_text2text, t2t.no_label_set, t2t.encode_text2text, t2t.text2text_head,
+                      t2t.text2text_step, t2t.evaluate_text2text, "rougeL"),
 }
 
 
@@ -375,6 +382,14 @@ def run(cfg: Config) -> dict:
     pretrained = load(cfg.pretrained)
     tokenizer = pretrained.require_tokenizer()
     model = build_task_model(pretrained.model, task, len(labels), cfg)
+    if cfg.peft.method:
+        from plmkit.peft import apply_peft
+
+        # The new head is trained in full beside the adapter (peft's modules_to_save).
+        model = apply_peft(model, cfg.peft, modules_to_save=cfg.peft.modules_to_save or "head")
+    from plmkit.peft import trainable_report
+
+    print(trainable_report(model), flush=True)
     features = task.encode(tokenizer, train_records, labels, d)
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     batches = ShuffledBatches(features, lambda xs: collate(xs, pad_id), d.batch_size, seed=cfg.seed)
@@ -399,11 +414,20 @@ def run(cfg: Config) -> dict:
     if cfg.out_dir:
         out = Path(cfg.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        model_dir = save_hf(model, out / "model", tokenizer=tokenizer)
-        if labels:
+        # PEFT runs write adapter/; LoRA and IA3 also fold into a plain model/ that transformers loads.
+        mergeable = cfg.peft.method in ("", "lora", "ia3")
+        if cfg.peft.method:
+            from plmkit.peft import merge_and_unload, save_adapter
+
+            summary["adapter_dir"] = str(save_adapter(model, out / "adapter"))
+            if mergeable:
+                model = merge_and_unload(model)
+        model_dir = save_hf(model, out / "model", tokenizer=tokenizer) if mergeable else None
+        if labels and model_dir is not None:
             _write_label_names(Path(model_dir), labels)
         (out / "eval_report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         table = format_table(f"{cfg.task} on {d.eval_file} ({len(eval_records)} examples)", scores)
         (out / "eval_report.txt").write_text(table, encoding="utf-8")
-        summary["model_dir"] = str(model_dir)
+        if model_dir is not None:
+            summary["model_dir"] = str(model_dir)
     return summary
