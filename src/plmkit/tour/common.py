@@ -1,0 +1,331 @@
+"""What the tour's experiments share: the run context, the world's files, tokenizers, the pretrained GPT,
+a small fine-tuning helper, and plotting. Everything here is built from plmkit's public API.
+
+Experiments that need the same artefact (the world tokenizer, the GPT pretrained on world text) ask the
+context for it; the first one to ask builds it, later ones reuse it, and each can also run alone.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from plmkit.data.batches import ShuffledBatches
+from plmkit.data.tokenizer import Tokenizer, train_tokenizer
+from plmkit.models.gpt import GPT2Config, gpt2_lm
+from plmkit.objectives.clm import causal_lm_loss
+from plmkit.training import StepOutput, TrainConfig, train
+from plmkit.world import World, make_task
+
+# Label words of the in-context learning episodes: each episode uses one pair, so only demonstrations
+# tell the model which pair (and which format) the current episode speaks.
+VERBALIZER_SETS: tuple[tuple[str, str], ...] = (
+    (" negative", " positive"),
+    (" bad", " good"),
+    (" no", " yes"),
+    (" awful", " great"),
+)
+REVIEW_TEMPLATE = "Review: {sentence}\nSentiment:{label}"
+
+
+@dataclass
+class Result:
+    """What one experiment reports. `supported` is None when the experiment makes no testable claim."""
+
+    name: str
+    title: str
+    claim: str
+    setup: str
+    result: str
+    supported: bool | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    tables: list[str] = field(default_factory=list)  # markdown tables
+    plots: dict[str, bytes] = field(default_factory=dict)  # file stem -> PNG bytes
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class Context:
+    seed: int = 0
+    quick: bool = False
+    device: str = "cpu"
+    work: Path = Path("tour_out/work")
+    log: Callable[[str], None] = print
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def once(self, key: str, build: Callable[[], Any]) -> Any:
+        if key not in self.cache:
+            self.cache[key] = build()
+        return self.cache[key]
+
+    def steps(self, full: int, quick: int) -> int:
+        return quick if self.quick else full
+
+    # --- the world and its text -------------------------------------------------------------------
+
+    @property
+    def world(self) -> World:
+        return self.once("world", lambda: World(self.seed))
+
+    def corpus_file(self) -> Path:
+        """World paragraphs plus formatted sentiment episodes, one document per blank-line block."""
+
+        def build() -> Path:
+            docs = self.world.corpus(self.steps(3000, 1500), seed=self.seed)
+            docs += icl_episodes(self.world, self.steps(1500, 800), seed=self.seed)
+            random.Random(self.seed).shuffle(docs)
+            path = self.work / "world_corpus.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+            return path
+
+        return self.once("corpus_file", build)
+
+    def documents(self) -> list[str]:
+        return self.corpus_file().read_text(encoding="utf-8").strip().split("\n\n")
+
+    def bpe(self) -> Tokenizer:
+        return self.once("bpe", lambda: train_tokenizer([self.corpus_file()], kind="bpe", vocab_size=1000))
+
+    def wordpiece(self) -> Tokenizer:
+        return self.once(
+            "wordpiece", lambda: train_tokenizer([self.corpus_file()], kind="wordpiece", vocab_size=1000)
+        )
+
+    # --- the GPT pretrained on world text -----------------------------------------------------------
+
+    def pretrained_gpt(self) -> tuple[nn.Module, dict[str, Any]]:
+        """A tiny GPT-2 trained with the causal LM loss on the world corpus; (model, training record)."""
+        return self.once("gpt", lambda: pretrain_gpt(self))
+
+
+def icl_episodes(world: World, n: int, seed: int) -> list[str]:
+    """Documents of 1-8 formatted reviews that all use one label-word pair, drawn per episode."""
+    rng = random.Random(f"episodes-{seed}")
+    reviews = make_task(world, "sentiment", "train")
+    docs = []
+    for _ in range(n):
+        words = rng.choice(VERBALIZER_SETS)
+        shots = rng.sample(reviews, rng.randint(1, 8))
+        docs.append(
+            "\n".join(REVIEW_TEMPLATE.format(sentence=r["sentence"], label=words[r["label"]]) for r in shots)
+        )
+    return docs
+
+
+def gpt_config(vocab_size: int, quick: bool, block: int = 192) -> GPT2Config:
+    return GPT2Config(
+        vocab_size=vocab_size,
+        max_positions=block,
+        d_model=64 if quick else 128,
+        num_layers=2,
+        num_heads=4,
+        dropout=0.0,
+    )
+
+
+def pack(tokenizer: Tokenizer, documents: Sequence[str], block: int) -> list[torch.Tensor]:
+    """Concatenate documents with the end-of-text token between them and cut (block + 1)-token windows."""
+    eos = tokenizer.eos_id
+    ids: list[int] = []
+    for doc in documents:
+        ids += tokenizer.encode(doc, add_special_tokens=False) + ([eos] if eos is not None else [])
+    windows = (len(ids) - 1) // block
+    data = torch.tensor(ids[: windows * block + 1])
+    return [data[i * block : (i + 1) * block + 1] for i in range(windows)]
+
+
+def collate_windows(windows: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    x = torch.stack(windows)
+    return {"input_ids": x[:, :-1], "labels": x[:, 1:]}
+
+
+def clm_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+    logits = model(batch["input_ids"])
+    loss_sum, n = causal_lm_loss(logits, batch["labels"])
+    return StepOutput(loss_sum=loss_sum, num_targets=n)
+
+
+def train_config(ctx: Context, steps: int, lr: float, name: str, **extra: Any) -> TrainConfig:
+    extra.setdefault("progress", False)
+    return TrainConfig(
+        max_steps=steps,
+        lr=lr,
+        warmup_steps=max(1, steps // 20),
+        seed=ctx.seed,
+        log_every=max(1, steps // 50),
+        **extra,
+    )
+
+
+def pretrain_gpt(ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
+    tok = ctx.bpe()
+    block = 192  # room for 8 demonstrations and the query in one window
+    windows = pack(tok, ctx.documents(), block)
+    split = max(1, len(windows) // 20)
+    train_windows, dev_windows = windows[split:], windows[:split]
+    torch.manual_seed(ctx.seed)
+    model = gpt2_lm(gpt_config(tok.vocab_size, ctx.quick, block)).to(ctx.device)
+    steps = ctx.steps(500, 150)
+    batches = ShuffledBatches(train_windows, collate_windows, batch_size=8, seed=ctx.seed)
+    start = time.perf_counter()
+    result = train(
+        model,
+        device_step(clm_step, ctx.device),
+        batches,
+        train_config(ctx, steps, 3e-3, "gpt", progress=True),
+    )
+    model.eval()
+    dev_loss = lm_loss(model, dev_windows, ctx.device)
+    record = {
+        "steps": steps,
+        "seconds": time.perf_counter() - start,
+        "curve": [(row["step"], row["loss"]) for row in result.history if "loss" in row],
+        "dev_loss": dev_loss,
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_tokens": len(train_windows) * block,
+    }
+    return model, record
+
+
+@torch.no_grad()
+def lm_loss(model: nn.Module, windows: Sequence[torch.Tensor], device: str) -> float:
+    total, count = 0.0, 0
+    for i in range(0, len(windows), 32):
+        batch = collate_windows(list(windows[i : i + 32]))
+        logits = model(batch["input_ids"].to(device))
+        loss_sum, n = causal_lm_loss(logits, batch["labels"].to(device))
+        total, count = total + float(loss_sum), count + int(n)
+    return total / max(count, 1)
+
+
+def device_step(
+    step: Callable[[nn.Module, dict], StepOutput], device: str
+) -> Callable[[nn.Module, dict], StepOutput]:
+    """Move each batch to the device before the step (batches arrive as the sampler made them)."""
+    if device == "cpu":
+        return step
+    return lambda model, batch: step(model, {k: v.to(device) for k, v in batch.items()})
+
+
+# --- reporting helpers ------------------------------------------------------------------------------
+
+
+def figure_png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def new_figure(width: float = 6.0, height: float = 3.6) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: the tour writes PNGs
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def majority_baseline(labels: Sequence[Any]) -> float:
+    """Accuracy of always predicting the most common label."""
+    if not labels:
+        return math.nan
+    counts: dict[Any, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return max(counts.values()) / len(labels)
+
+
+# --- fine-tuning a sequence classifier ------------------------------------------------------------------
+
+
+def encode_sentences(tokenizer: Tokenizer, records: Sequence[dict], special: bool) -> list[dict[str, Any]]:
+    return [
+        {"ids": tokenizer.encode(r["sentence"], add_special_tokens=special), "label": r["label"]}
+        for r in records
+    ]
+
+
+def collate_classification(pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
+    def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["ids"]) for f in features)
+        input_ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+        mask = torch.zeros(len(features), width, dtype=torch.long)
+        for i, f in enumerate(features):
+            input_ids[i, : len(f["ids"])] = torch.tensor(f["ids"])
+            mask[i, : len(f["ids"])] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "labels": torch.tensor([f["label"] for f in features]),
+        }
+
+    return collate
+
+
+def classification_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+    logits = model(batch["input_ids"], batch["attention_mask"])  # (B, C)
+    loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+    return StepOutput(loss_sum=loss, num_targets=batch["labels"].numel())
+
+
+@torch.no_grad()
+def classification_accuracy(
+    model: nn.Module, features: list[dict[str, Any]], pad_id: int, device: str
+) -> float:
+    model.eval()
+    collate = collate_classification(pad_id)
+    correct = 0
+    for i in range(0, len(features), 64):
+        batch = collate(features[i : i + 64])
+        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        correct += int((logits.argmax(-1).cpu() == batch["labels"]).sum())
+    model.train()
+    return correct / len(features)
+
+
+def finetune_classifier(
+    ctx: Context,
+    model: nn.Module,
+    train_features: list[dict[str, Any]],
+    dev_features: list[dict[str, Any]],
+    pad_id: int,
+    steps: int,
+    lr: float,
+    batch_size: int = 16,
+) -> tuple[float, float]:
+    """Train with the plmkit loop; returns (dev accuracy, seconds)."""
+    start = time.perf_counter()
+    batches = ShuffledBatches(
+        train_features, collate_classification(pad_id), min(batch_size, len(train_features)), ctx.seed
+    )
+    train(
+        model.to(ctx.device),
+        device_step(classification_step, ctx.device),
+        batches,
+        train_config(ctx, steps, lr, "cls", weight_decay=0.0),
+    )
+    seconds = time.perf_counter() - start
+    return classification_accuracy(model, dev_features, pad_id, ctx.device), seconds
