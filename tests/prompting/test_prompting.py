@@ -12,6 +12,7 @@ from plmkit.prompting import (
     build_few_shot_prompt,
     continuation_logprobs,
     extract_answer,
+    next_token_logprobs,
     predict_labels,
     render,
     score_label_words,
@@ -142,3 +143,19 @@ def test_scores_with_a_loaded_hugging_face_checkpoint_match_transformers(tmp_pat
             logp = torch.log_softmax(hf(torch.tensor([ids])).logits, dim=-1)[0]
         expected = sum(logp[i - 1, ids[i]] for i in range(len(ctx), len(ids)))
         assert ours[j].item() == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_single_token_words_take_the_one_pass_path_with_the_same_scores(model, tokenizer):
+    singles = [
+        w
+        for w in (" the", " is", " in", ".", " a", " it")
+        if len(tokenizer.encode(w, add_special_tokens=False)) == 1
+    ]
+    assert len(singles) >= 2
+    prompts = ["Mara lives in Dovra", "The Falcon lamp: it is not bad"]
+    fast = score_label_words(model, tokenizer, prompts, {i: w for i, w in enumerate(singles[:2])})
+    slow = continuation_logprobs(model, tokenizer, [(p, w) for p in prompts for w in singles[:2]]).view(2, 2)
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=0)
+    full = next_token_logprobs(model, tokenizer, prompts)
+    assert full.shape == (2, tokenizer.vocab_size)
+    torch.testing.assert_close(full.exp().sum(1), torch.ones(2), atol=1e-4, rtol=0)

@@ -15,13 +15,19 @@ from __future__ import annotations
 
 from plmkit.prompting.answers import extract_answer, normalize_number, self_consistency, vote_share
 from plmkit.prompting.few_shot import build_few_shot_prompt, render
-from plmkit.prompting.scoring import continuation_logprobs, predict_labels, score_label_words
+from plmkit.prompting.scoring import (
+    continuation_logprobs,
+    next_token_logprobs,
+    predict_labels,
+    score_label_words,
+)
 
 __all__ = [
     "build_few_shot_prompt",
     "render",
     "score_label_words",
     "continuation_logprobs",
+    "next_token_logprobs",
     "predict_labels",
     "extract_answer",
     "normalize_number",

@@ -73,6 +73,40 @@ def continuation_logprobs(
     return out
 
 
+@torch.inference_mode()
+def next_token_logprobs(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int = 16
+) -> torch.Tensor:
+    """log p(next token | prompt) over the whole vocabulary for each prompt: (N, V)."""
+    device = next(model.parameters()).device
+    limit = _max_length(model)
+    rows = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt, add_special_tokens=False)
+        if not ids:
+            raise ConfigError("an empty prompt has no next token to score")
+        rows.append(ids[-limit:] if limit is not None else ids)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            width = max(len(ids) for ids in chunk)
+            input_ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            attention_mask = torch.zeros(len(chunk), width, dtype=torch.long)
+            for i, ids in enumerate(chunk):
+                input_ids[i, : len(ids)] = torch.tensor(ids)
+                attention_mask[i, : len(ids)] = 1
+            logits = model(input_ids.to(device), attention_mask.to(device)).float()  # (B, T, V)
+            last = torch.tensor([len(ids) - 1 for ids in chunk], device=logits.device)
+            picked = logits[torch.arange(len(chunk), device=logits.device), last]  # (B, V)
+            out.append(torch.log_softmax(picked, dim=-1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
 def score_label_words(
     model: nn.Module,
     tokenizer: Any,
@@ -87,8 +121,13 @@ def score_label_words(
         raise ConfigError("verbalizer is empty: give {label: word}")
     words = {label: [w] if isinstance(w, str) else list(w) for label, w in verbalizer.items()}
     flat = [(label, w) for label, ws in words.items() for w in ws]
-    pairs = [(prompt, w) for prompt in prompts for _, w in flat]
-    scores = continuation_logprobs(model, tokenizer, pairs, batch_size).view(len(prompts), len(flat))
+    word_ids = [tokenizer.encode(w, add_special_tokens=False) for _, w in flat]
+    if all(len(ids) == 1 for ids in word_ids):
+        # One forward pass per prompt reads every single-token word's probability at once.
+        scores = next_token_logprobs(model, tokenizer, prompts, batch_size)[:, [ids[0] for ids in word_ids]]
+    else:
+        pairs = [(prompt, w) for prompt in prompts for _, w in flat]
+        scores = continuation_logprobs(model, tokenizer, pairs, batch_size).view(len(prompts), len(flat))
     per_label = []
     col = 0
     for ws in words.values():
