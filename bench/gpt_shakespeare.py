@@ -31,7 +31,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; a model this small mostly waits on thread barriers with more")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     text = DATA.read_text(encoding="utf-8")
     n = int(0.9 * len(text))
     with tempfile.TemporaryDirectory() as tmp_name:
