@@ -270,11 +270,20 @@ def generate_texts(
     batch_size: int = 32,
     **kwargs: object,
 ) -> list[str]:
-    """Decode generated targets for a list of source strings, `batch_size` at a time."""
+    """Generate and decode targets for source strings, `batch_size` at a time.
+
+    Sources are encoded as in training (`plmkit.data.text2text.encode_examples`): tokens without the
+    tokenizer's own special tokens, then its EOS, cut to `max_source_length`.
+    """
     out: list[str] = []
     pad_id = model.config.pad_token_id
+    eos = getattr(tokenizer, "eos_id", None)
+    tail = [] if eos is None else [eos]
     for i in range(0, len(sources), batch_size):
-        encoded = [tokenizer.encode(s)[:max_source_length] for s in sources[i : i + batch_size]]
+        encoded = [
+            tokenizer.encode(s, add_special_tokens=False)[: max_source_length - len(tail)] + tail
+            for s in sources[i : i + batch_size]
+        ]
         t = max(len(e) for e in encoded)
         ids = torch.full((len(encoded), t), pad_id, dtype=torch.long)
         mask = torch.zeros(len(encoded), t, dtype=torch.long)
