@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import plmkit
 from plmkit.config import parse
 from plmkit.data.tokenizer import train_tokenizer
 from plmkit.errors import ConfigError
 from plmkit.objectives.nsp import pairs_from_windows
 from plmkit.recipes import pretrain
+from plmkit.training.checkpoint import find_latest
 
 TEXT = "\n\n".join(
     f"the cat sat on the mat number {i}. the dog ran to the park and back again." for i in range(60)
@@ -44,6 +46,12 @@ def test_pretrain_mlm_lowers_loss(tmp_path):
     assert sum(losses[-3:]) / 3 < 0.8 * losses[0]
     config = json.loads((Path(summary["hf_export"]) / "config.json").read_text())
     assert config["architectures"] == ["BertForMaskedLM"]
+    # The final training checkpoint (plmkit format) and the HF export load to the same model.
+    native = plmkit.load(find_latest(tmp_path / "run")).model
+    exported = plmkit.load(summary["hf_export"]).model
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(native(ids), exported(ids))
 
 
 @pytest.mark.parametrize(("family", "flag", "arch"), [
