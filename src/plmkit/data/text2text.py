@@ -130,15 +130,6 @@ def mix(
     return out
 
 
-def _fit(ids: list[int], limit: int, overflow: str, what: str, where: str) -> list[int]:
-    if len(ids) <= limit:
-        return ids
-    if overflow == "error":
-        raise DataError(f"{where}: {what} has {len(ids)} tokens, more than the allowed {limit}")
-    warnings.warn(f"{where}: {what} truncated from {len(ids)} to {limit} tokens", stacklevel=3)
-    return ids[:limit]
-
-
 def encode_examples(
     tokenizer: Any,
     examples: Sequence[Text2TextExample],
@@ -149,20 +140,42 @@ def encode_examples(
 ) -> list[dict[str, list[int]]]:
     """Tokenize (source, target) pairs -> {"input_ids", "labels"}; both end with the tokenizer's EOS.
 
-    Too long a source or target is cut with one warning per example (`overflow="truncate"`) or is an
-    error (`overflow="error"`); the EOS is kept either way.
+    Too long a source or target is cut, with one warning per call that counts the cuts and names the
+    first (`overflow="truncate"`), or is an error naming the example (`overflow="error"`); the EOS is
+    kept either way.
     """
     if overflow not in OVERFLOW:
         raise ConfigError(f"overflow {overflow!r} is not one of {', '.join(OVERFLOW)}")
     eos = getattr(tokenizer, "eos_id", None)
     tail = [] if eos is None else [eos]
+    cut: dict[str, list[str]] = {"source": [], "target": []}
     out = []
     for i, ex in enumerate(examples):
-        src = tokenizer.encode(ex.source, add_special_tokens=False)
-        tgt = tokenizer.encode(ex.target, add_special_tokens=False)
-        src = _fit(src, max_source_length - len(tail), overflow, "source", f"{where}[{i}]")
-        tgt = _fit(tgt, max_target_length - len(tail), overflow, "target", f"{where}[{i}]")
-        out.append({"input_ids": src + tail, "labels": tgt + tail})
+        pair = []
+        for what, text, limit in (
+            ("source", ex.source, max_source_length),
+            ("target", ex.target, max_target_length),
+        ):
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            room = limit - len(tail)
+            if len(ids) > room:
+                if overflow == "error":
+                    raise DataError(
+                        f"{where}[{i}]: {what} has {len(ids)} tokens, more than the allowed {room}"
+                    )
+                if not cut[what]:
+                    cut[what].append(f"first {where}[{i}] from {len(ids)}")
+                cut[what].append("")
+                ids = ids[:room]
+            pair.append(ids + tail)
+        out.append({"input_ids": pair[0], "labels": pair[1]})
+    for what, limit in (("source", max_source_length), ("target", max_target_length)):
+        if cut[what]:
+            warnings.warn(
+                f"{where}: {len(cut[what]) - 1} {what}s truncated to {limit - len(tail)} tokens "
+                f"({cut[what][0]})",
+                stacklevel=2,
+            )
     return out
 
 
