@@ -20,6 +20,7 @@ from plmkit.tour.common import Context, Result
 EXPERIMENTS: list[str] = [
     "plmkit.tour.tokenization",
     "plmkit.tour.pretraining",
+    "plmkit.tour.transfer",
     "plmkit.tour.peft_compare",
     "plmkit.tour.icl",
     "plmkit.tour.cot",
