@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from plmkit.models.bart import BartConfig, bart_lm
 from plmkit.models.bert import BertConfig, BertModel
 from plmkit.models.gpt import GPT2Config, gpt2_lm
 from plmkit.models.heads import SequenceClassificationHead, TaskModel
@@ -32,7 +33,13 @@ def tiny_t5() -> torch.nn.Module:
     return t5_lm(T5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4, dropout=0.0))
 
 
-FACTORIES = {"gpt2": tiny_gpt2, "llama": tiny_llama, "bert": tiny_bert, "t5": tiny_t5}
+def tiny_bart() -> torch.nn.Module:
+    return bart_lm(BartConfig(vocab_size=V, max_positions=64, d_model=32, num_layers=2, num_heads=4, d_ff=48,
+                              dropout=0.0))
+
+
+FACTORIES = {"gpt2": tiny_gpt2, "llama": tiny_llama, "bert": tiny_bert, "t5": tiny_t5, "bart": tiny_bart}
+ENCODER_DECODERS = {"t5", "bart"}
 # Decoders pad on the left (positions come from the mask); encoders, T5's included, on the right.
 LEFT_PADDED = {"gpt2", "llama"}
 
@@ -52,7 +59,7 @@ def inputs(family: str, seed: int = 1, batch: int = 2, length: int = 7) -> dict[
     else:
         mask[1, -2:] = 0
     x = {"input_ids": ids, "attention_mask": mask}
-    if family == "t5":
+    if family in ENCODER_DECODERS:
         x["decoder_input_ids"] = torch.randint(2, V, (batch, 5), generator=g)
     return x
 

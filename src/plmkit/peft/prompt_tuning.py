@@ -58,6 +58,11 @@ class PromptTunedBackbone(nn.Module):
     def embed_tokens(self) -> nn.Embedding:
         return self.base.embed_tokens
 
+    @property
+    def embed_scale(self) -> float:
+        # BART with scale_embedding multiplies token embeddings by sqrt(D) before they become inputs_embeds.
+        return getattr(self.base, "embed_scale", 1.0)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -76,7 +81,7 @@ class PromptTunedBackbone(nn.Module):
         if inputs_embeds is None:
             if input_ids is None:
                 raise ConfigError("prompt tuning: needs input_ids or inputs_embeds")
-            inputs_embeds = self.base.embed_tokens(input_ids)  # (B, T, D)
+            inputs_embeds = self.base.embed_tokens(input_ids) * self.embed_scale  # (B, T, D)
         b, t, _ = inputs_embeds.shape
         prompt = self.adapters[self.active].weight  # (n, D)
         n = prompt.shape[0]
@@ -127,7 +132,8 @@ def apply_prompt_tuning(model: nn.Module, cfg: PromptTuningConfig | None = None,
         if int(ids.max()) >= table.shape[0] or int(ids.min()) < 0:
             raise ConfigError(f"prompt tuning: init token id out of range for vocabulary {table.shape[0]}")
         # Lester et al. repeat the text when it is shorter than the prompt.
-        weight = table[ids.repeat((cfg.num_tokens + len(ids) - 1) // len(ids))[: cfg.num_tokens]].clone()
+        ids = ids.repeat((cfg.num_tokens + len(ids) - 1) // len(ids))[: cfg.num_tokens]
+        weight = table[ids] * backbone.embed_scale  # prompts live in the inputs_embeds space
     else:
         weight = torch.randn(cfg.num_tokens, table.shape[1], device=table.device, dtype=table.dtype)
         weight = weight * table.float().std().to(table.dtype)
