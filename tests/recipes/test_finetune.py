@@ -15,7 +15,7 @@ import transformers
 import plmkit
 from plmkit.config import parse
 from plmkit.data.tokenizer import Tokenizer
-from plmkit.errors import ConfigError, DataError
+from plmkit.errors import CheckpointError, ConfigError, DataError
 from plmkit.models.bert import BertConfig, BertModel
 from plmkit.recipes import finetune
 
@@ -155,5 +155,14 @@ def test_unknown_task_and_bad_label(tiny_bert, tmp_path):
     train.write_text("sentence\tlabel\ngood\t1\nbad\t7\n")
     cfg = _config(tiny_bert, tmp_path / "run", "classification", train, train, "--data.labels=0,1")
     with pytest.raises(DataError, match=rf"{train}:3: label '7' is not in the label set"):
+        finetune.run(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_head_without_a_transformers_class_fails_before_training(tiny_bert, tmp_path):
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\ngood\t1\nbad\t0\n")
+    cfg = _config(tiny_bert, tmp_path / "run", "classification", train, train, "--pooling=mean")
+    with pytest.raises(CheckpointError, match="has no BertForSequenceClassification layout"):
         finetune.run(cfg)
     assert not (tmp_path / "run").exists()

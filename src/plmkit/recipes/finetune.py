@@ -315,8 +315,15 @@ TASKS: dict[str, Task] = {
     ),
     "ner": Task(read_tagging, tagging_labels, encode_ner, token_head, tagging_step, evaluate_tagging, "f1"),
     "qa": Task(read_qa, no_labels, encode_span, span_head, span_step, evaluate_qa, "f1"),
-    "text2text": Task(t2t.read_text2text, t2t.no_label_set, t2t.encode_text2text, t2t.text2text_head,
-                      t2t.text2text_step, t2t.evaluate_text2text, "rougeL"),
+    "text2text": Task(
+        t2t.read_text2text,
+        t2t.no_label_set,
+        t2t.encode_text2text,
+        t2t.text2text_head,
+        t2t.text2text_step,
+        t2t.evaluate_text2text,
+        "rougeL",
+    ),
 }
 
 
@@ -362,7 +369,7 @@ def _write_label_names(model_dir: Path, labels: Sequence[str]) -> None:
 
 def run(cfg: Config) -> dict:
     from plmkit.data.batches import ShuffledBatches
-    from plmkit.interop.hf import load, save_hf
+    from plmkit.interop.hf import FAMILIES, load, save_hf
 
     if cfg.task not in TASKS:
         raise ConfigError(f"task {cfg.task!r} is not one of {', '.join(TASKS)}")
@@ -382,6 +389,11 @@ def run(cfg: Config) -> dict:
     pretrained = load(cfg.pretrained)
     tokenizer = pretrained.require_tokenizer()
     model = build_task_model(pretrained.model, task, len(labels), cfg)
+    model_type = getattr(model.config, "model_type", None)
+    if cfg.out_dir and model_type in FAMILIES:
+        FAMILIES[model_type].export_to_hf(
+            model
+        )  # a head with no transformers class fails now, not after training
     if cfg.peft.method:
         from plmkit.peft import apply_peft
 
