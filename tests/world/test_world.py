@@ -154,3 +154,14 @@ def test_world_command_rejects_unknown_task(tmp_path, capsys):
     assert main(["world", "--out", str(tmp_path), "--tasks", "sentimnt"]) == 2
     assert "unknown task 'sentimnt'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tagging_test_sentences_are_not_training_sentences():
+    w = World(0)
+    train = {" ".join(r["tokens"]) for r in make_task(w, "tagging", "train")}
+    test = make_task(w, "tagging", "test")
+    seen = sum(" ".join(r["tokens"]) in train for r in test) / len(test)
+    assert seen < 0.1
+    sentiment_train = {r["sentence"] for r in make_task(w, "sentiment", "train")}
+    sentiment_test = make_task(w, "sentiment", "test")
+    assert sum(r["sentence"] in sentiment_train for r in sentiment_test) / len(sentiment_test) < 0.1
