@@ -1,7 +1,7 @@
 """Run the lecture's claims as measured experiments on the synthetic world and write a report.
 
-    plmkit tour                          # every experiment, about 10 minutes on 2 CPU cores
-    plmkit tour --quick                  # smaller models and fewer steps, about 2 minutes
+    plmkit tour                          # every experiment (target: 10 minutes on 2 idle CPU cores)
+    plmkit tour --quick                  # smaller models and fewer steps (target: 2 minutes)
     plmkit tour --only pretraining,icl --seed 1 --out tour_out
 
 Writes report.md (plots beside it in plots/), a self-contained report.html and metrics.json to --out.
@@ -56,7 +56,6 @@ def run(cfg: Config) -> dict:
         raise ConfigError("--device cuda: no CUDA device is available")
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(cfg.out)
     ctx = Context(seed=cfg.seed, quick=cfg.quick, device=cfg.device, work=out / "work", log=_log)
     start = time.perf_counter()
