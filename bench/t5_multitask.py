@@ -64,7 +64,7 @@ def generate_all(
 ) -> list[str]:
     out = []
     for i in range(0, len(examples), 32):
-        batch = collate_text2text(encode_examples(tok, examples[i : i + 32], src_len, 8, where="eval"), 0)
+        batch = collate_text2text(encode_examples(tok, examples[i : i + 32], src_len, 256, where="eval"), 0)
         with torch.no_grad():
             if is_hf:
                 ids = model.generate(
