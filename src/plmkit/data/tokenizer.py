@@ -346,6 +346,8 @@ def train_tokenizer(
         if unk is None:
             raise TokenizerError("a wordpiece tokenizer needs an unk token (for example [UNK])")
         backend = RustTokenizer(models.WordPiece(unk_token=unk))
+        # The BERT pre-tokenizer must be in place while training, or the trainer sees whole lines as words.
+        _set_bert(backend, lowercase)
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=tokens,
             continuing_subword_prefix="##", show_progress=False,
@@ -365,8 +367,7 @@ def train_tokenizer(
     backend.train_from_iterator(_iter_training_texts(files, text_field, split), trainer=trainer)
 
     if kind == "wordpiece":
-        # Set after training: the template needs the ids [CLS]/[SEP] received.
-        _set_bert(backend, lowercase)
+        # The template is set after training: it needs the ids [CLS]/[SEP] received.
         cls_tok, sep_tok = roles.get("cls"), roles.get("sep")
         if cls_tok and sep_tok:
             backend.post_processor = processors.TemplateProcessing(
