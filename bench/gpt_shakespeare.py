@@ -60,9 +60,14 @@ def main() -> None:
                 print(f"{row['step']:>5}  {loss:10.4f}  {row['val_loss']:8.4f}")
         loaded = plmkit.load(summary["hf_export"])
         tok = loaded.require_tokenizer()
-        new = plmkit.generate(loaded.model, [tok.encode("\n", add_special_tokens=False)], max_new_tokens=300,
-                              do_sample=True, temperature=0.8, top_k=200,
-                              generator=torch.Generator().manual_seed(1337))
+        # The context is 64 characters: crop the running text to it each step, as nanoGPT's sampler does.
+        ids = tok.encode("\n", add_special_tokens=False)
+        gen = torch.Generator().manual_seed(1337)
+        for _ in range(300):
+            window = ids[-(loaded.model.config.max_positions - 1):]
+            ids += plmkit.generate(loaded.model, [window], max_new_tokens=1, do_sample=True, temperature=0.8,
+                                   top_k=200, generator=gen)[0].tolist()
+        new = torch.tensor([ids[1:]])
         print("sample:\n" + tok.decode(new[0].tolist()))
     val = summary["val_loss"]
     print(f"val loss: plmkit {val:.4f}, nanoGPT {NANOGPT_VAL_LOSS}, ratio {val / NANOGPT_VAL_LOSS:.3f} "
