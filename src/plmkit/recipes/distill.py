@@ -124,7 +124,11 @@ def make_step(weights: DistillationWeights):  # noqa: ANN201 - a StepFn
         )
         loss = combine_distillation(kl_sum / n, task_mean, cos_sum / n_tokens, weights)
         batch_size = batch["labels"].numel()
-        metrics = {"kl": float(kl_sum / n), "task": float(task_mean), "cos": float(cos_sum / n_tokens)}
+        metrics = {
+            "kl": float(kl_sum.detach() / n),
+            "task": float(task_mean.detach()),
+            "cos": float(cos_sum.detach() / n_tokens),
+        }
         # A sequence-level loss: the window average is over examples.
         return StepOutput(loss_sum=loss * batch_size, num_targets=batch_size, metrics=metrics)
 
