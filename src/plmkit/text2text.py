@@ -15,7 +15,6 @@ ROUGE-L.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import count
 from typing import Any
 
 import torch
@@ -31,7 +30,7 @@ from plmkit.models.t5 import T5Config, shift_right, t5_lm
 from plmkit.objectives.denoising import DenoisingConfig, denoising_batch
 from plmkit.objectives.seq2seq import seq2seq_loss
 from plmkit.objectives.span_corruption import span_corruption_batch
-from plmkit.training import StepOutput
+from plmkit.training import StepOutput, step_generator
 
 NUM_SENTINELS = 100  # T5's extra_ids: the top rows of the vocabulary
 
@@ -90,11 +89,10 @@ def make_span_corruption(
 ) -> Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]:
     """Span corruption on packed windows: a window of `span_corruption_lengths(S)[0]` tokens gives
     encoder inputs of exactly S tokens. Sentinels are the model's top vocabulary rows."""
-    micro_batches = count()
     eos = getattr(tokenizer, "eos_id", None)
 
     def step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + next(micro_batches))
+        g = step_generator()
         corrupted = span_corruption_batch(batch["input_ids"], g, model.config.vocab_size - 1, eos)
         return _seq2seq_step(model, corrupted)
 
@@ -103,11 +101,10 @@ def make_span_corruption(
 
 def make_denoising(tokenizer: Any, seed: int) -> Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]:
     """BART text infilling (30%, Poisson(3) spans) plus sentence permutation at '.' tokens."""
-    micro_batches = count()
     dots = tuple(i for t in (".", "Ġ.", "▁.") if (i := _token_id(tokenizer, t)) is not None)
 
     def step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + next(micro_batches))
+        g = step_generator()
         mask_id = getattr(tokenizer, "mask_id", None)
         cfg = DenoisingConfig(
             mask_id=model.config.vocab_size - 1 if mask_id is None else mask_id, sentence_end_ids=dots

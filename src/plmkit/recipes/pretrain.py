@@ -27,7 +27,7 @@ from plmkit.errors import ConfigError, DataError
 from plmkit.models.gpt import GPT2Config, gpt2_lm
 from plmkit.models.llama import LlamaConfig, llama_lm
 from plmkit.objectives.clm import causal_lm_loss
-from plmkit.training import StepOutput, TrainConfig, train
+from plmkit.training import StepOutput, TrainConfig, step_generator, train
 
 
 @dataclass
@@ -132,11 +132,10 @@ def make_clm(tokenizer: Any, seed: int) -> Callable[[nn.Module, dict[str, torch.
 
 def make_mlm(tokenizer: Any, seed: int) -> Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]:
     """Masked LM with dynamic masking (RoBERTa): every micro-batch gets a fresh 15% / 80-10-10 mask
-    from a generator seeded by (seed, micro-batch count). With a pre-training head (`--nsp`/`--sop`)
+    from `step_generator()`, which draws from the loop's checkpointed RNG, so resumes are exact.
+    With a pre-training head (`--nsp`/`--sop`)
     each window is also cut into a sentence pair and the pair loss is added, scaled so that the
     loop's division by the number of masked tokens gives mean MLM loss + mean pair loss."""
-    from itertools import count
-
     from plmkit.models.bert import PreTrainingHead
     from plmkit.objectives.mlm import MaskingConfig, mask_tokens, mlm_loss
     from plmkit.objectives.nsp import pair_loss, pairs_from_windows
@@ -146,11 +145,9 @@ def make_mlm(tokenizer: Any, seed: int) -> Callable[[nn.Module, dict[str, torch.
     roles = ("pad_id", "cls_id", "sep_id", "mask_id", "bos_id", "eos_id", "unk_id")
     special = tuple(sorted({i for r in roles if (i := getattr(tokenizer, r, None)) is not None}))
     masking = MaskingConfig(mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size, special_ids=special)
-    micro_batches = count()
-
     def mlm_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
         ids, attention_mask = batch["input_ids"], batch.get("attention_mask")
-        generator = torch.Generator(device=ids.device).manual_seed(seed * 1_000_003 + next(micro_batches))
+        generator = step_generator(ids.device)
         head = getattr(model, "head", None)
         extra: dict[str, torch.Tensor] = {}
         if isinstance(head, PreTrainingHead):
@@ -173,7 +170,7 @@ def make_mlm(tokenizer: Any, seed: int) -> Callable[[nn.Module, dict[str, torch.
 
 
 # Objective -> factory(tokenizer, seed) -> step_fn(model, batch) -> StepOutput. A factory gets the
-# tokenizer (mask/sentinel ids) and a seed for its own torch.Generator.
+# tokenizer (mask/sentinel ids) and the run's seed; per-batch randomness comes from `step_generator()`.
 OBJECTIVES: dict[str, Callable[[Any, int], Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]]] = {
     "clm": make_clm,
     "mlm": make_mlm,

@@ -123,6 +123,15 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{key}={getattr(self, key)!r}: {rule}")
 
 
+def step_generator(device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh generator for a step function's own randomness (masks, span corruption), seeded from the
+    global torch RNG. `train` seeds that RNG and every checkpoint saves and restores it, so a resumed run
+    draws exactly the masks an uninterrupted run would have drawn (a counter kept inside the step function
+    would restart at zero)."""
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 @dataclass
 class StepOutput:
     """What `step_fn(model, batch)` returns for one micro-batch.
