@@ -174,13 +174,7 @@ def beam_search(
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     keep = max(2, 1 + eos.numel()) * k  # enough candidates that K survive even if some end
     top_k_mask = torch.arange(keep, device=device) < k
-    running = torch.full((b, k, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    finished_seqs = running.clone()
-    running_scores = torch.zeros(b, k, device=device)
-    running_scores[:, 1:] = -1e9  # identical beams at the start: only the first may expand
-    finished_scores = torch.full((b, k), -1e9, device=device)
-    is_finished = torch.zeros(b, k, dtype=torch.bool, device=device)
-    improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
+    beams = BeamState.start(b, k, max_new_tokens, pad_id, device)
     seen = torch.zeros(bk, 1, dtype=torch.bool, device=device)
     logits = step(input_ids, attention_mask)  # (B*K, V)
     v = logits.shape[-1]
@@ -190,48 +184,23 @@ def beam_search(
         log_probs = logits.float().log_softmax(-1)
         if repetition_penalty != 1.0:
             log_probs = penalize_repetition(log_probs, seen, repetition_penalty)
-        scores = (log_probs.view(b, k, v) + running_scores[:, :, None]).view(b, k * v)
+        scores = (log_probs.view(b, k, v) + beams.running_scores[:, :, None]).view(b, k * v)
         top_scores, top_idx = torch.topk(scores, keep)  # (B, 2K)
         from_beam = top_idx // v
         tokens = top_idx % v
-        cand = running.gather(1, from_beam[:, :, None].expand(-1, -1, max_new_tokens)).clone()
-        cand[:, :, i] = tokens
         hits = torch.isin(tokens, eos) if eos.numel() else torch.zeros_like(tokens, dtype=torch.bool)
-        if i == max_new_tokens - 1:
-            hits = torch.ones_like(hits)
-        # Running beams for the next step: the best K candidates that did not end.
-        alive_scores = top_scores + hits.float() * -1e9
-        next_idx = torch.topk(alive_scores, k).indices
-        running = cand.gather(1, next_idx[:, :, None].expand(-1, -1, max_new_tokens))
-        running_scores = alive_scores.gather(1, next_idx)
-        # Finished hypotheses: only candidates ranked within the top K may enter.
-        just_done = hits & top_k_mask[None]
-        done_scores = top_scores / ((i + 1) ** length_penalty)
-        full = is_finished.all(-1, keepdim=True) & early_stopping
-        done_scores = done_scores + full.float() * -1e9 + (~improvable).float() * -1e9
-        done_scores = done_scores + (~just_done).float() * -1e9
-        merged_scores = torch.cat([finished_scores, done_scores], 1)
-        merged_seqs = torch.cat([finished_seqs, cand], 1)
-        merged_done = torch.cat([is_finished, just_done], 1)
-        best = torch.topk(merged_scores, k).indices
-        finished_scores = merged_scores.gather(1, best)
-        finished_seqs = merged_seqs.gather(1, best[:, :, None].expand(-1, -1, max_new_tokens))
-        is_finished = merged_done.gather(1, best)
-        # Can a running beam still beat the worst finished one? (transformers' default heuristic)
-        best_running = running_scores[:, :1] / ((i + 1) ** length_penalty)
-        worst_done = torch.where(is_finished, finished_scores.min(1, keepdim=True).values, -1e9)
-        improvable = improvable & (best_running > worst_done).any(-1, keepdim=True)
-        open_beams = not (early_stopping and bool(is_finished.all()))
-        if i == max_new_tokens - 1 or not bool(improvable.any()) or not open_beams:
+        next_idx = advance_beams(beams, i, top_scores, from_beam, tokens, hits, top_k_mask, length_penalty,
+                                 early_stopping)
+        if i == max_new_tokens - 1 or beams.done(early_stopping):
             break
         rows = (from_beam.gather(1, next_idx) + torch.arange(b, device=device)[:, None] * k).flatten()
         reorder(rows)
-        new_tokens = running[:, :, i].reshape(bk)
+        new_tokens = beams.running[:, :, i].reshape(bk)
         if repetition_penalty != 1.0:
             seen = seen.index_select(0, rows)
             seen[torch.arange(bk, device=device), new_tokens] = True
         logits = step(new_tokens[:, None], None)
-    best = finished_seqs[:, 0]  # (B, N)
+    best = beams.finished_seqs[:, 0]  # (B, N)
     lengths = (best != pad_id).long()
     n = int(lengths.cumsum(-1).argmax(-1).max()) + 1 if best.numel() else 0
     return best[:, : max(n, 1)]
@@ -359,3 +328,71 @@ def generate(
         )
     finally:
         model.train(was_training)
+
+
+@dataclass
+class BeamState:
+    """Hypotheses of a batched beam search: K running and K finished per row, sequences (B, K, N)."""
+
+    running: torch.Tensor
+    running_scores: torch.Tensor  # (B, K) summed log-probs
+    finished_seqs: torch.Tensor
+    finished_scores: torch.Tensor  # (B, K) length-penalized
+    is_finished: torch.Tensor  # (B, K) bool
+    improvable: torch.Tensor  # (B, 1) bool: a running beam can still beat the worst finished one
+
+    @classmethod
+    def start(cls, b: int, k: int, n: int, pad_id: int, device: torch.device) -> BeamState:
+        running = torch.full((b, k, n), pad_id, dtype=torch.long, device=device)
+        running_scores = torch.zeros(b, k, device=device)
+        running_scores[:, 1:] = -1e9  # identical beams at the start: only the first may expand
+        return cls(running, running_scores, running.clone(), torch.full((b, k), -1e9, device=device),
+                   torch.zeros(b, k, dtype=torch.bool, device=device),
+                   torch.ones(b, 1, dtype=torch.bool, device=device))
+
+    def done(self, early_stopping: bool) -> bool:
+        return not bool(self.improvable.any()) or (early_stopping and bool(self.is_finished.all()))
+
+
+def advance_beams(
+    beams: BeamState,
+    i: int,
+    top_scores: torch.Tensor,
+    from_beam: torch.Tensor,
+    tokens: torch.Tensor,
+    hits: torch.Tensor,
+    top_k_mask: torch.Tensor,
+    length_penalty: float,
+    early_stopping: bool,
+) -> torch.Tensor:
+    """One step of beam bookkeeping, as transformers scores it: the top candidates (B, 2K) extend their
+    beams, those that hit EOS (or the length limit) compete for the finished slots, the best K others run
+    on. Updates `beams` in place and returns which candidates run on (B, K)."""
+    k, n = beams.running.shape[1], beams.running.shape[2]
+    cand = beams.running.gather(1, from_beam[:, :, None].expand(-1, -1, n)).clone()
+    cand[:, :, i] = tokens
+    if i == n - 1:
+        hits = torch.ones_like(hits)
+    # Running beams for the next step: the best K candidates that did not end.
+    alive_scores = top_scores + hits.float() * -1e9
+    next_idx = torch.topk(alive_scores, k).indices
+    beams.running = cand.gather(1, next_idx[:, :, None].expand(-1, -1, n))
+    beams.running_scores = alive_scores.gather(1, next_idx)
+    # Finished hypotheses: only candidates ranked within the top K may enter.
+    just_done = hits & top_k_mask[None]
+    done_scores = top_scores / ((i + 1) ** length_penalty)
+    full = beams.is_finished.all(-1, keepdim=True) & early_stopping
+    done_scores = done_scores + full.float() * -1e9 + (~beams.improvable).float() * -1e9
+    done_scores = done_scores + (~just_done).float() * -1e9
+    merged_scores = torch.cat([beams.finished_scores, done_scores], 1)
+    merged_seqs = torch.cat([beams.finished_seqs, cand], 1)
+    merged_done = torch.cat([beams.is_finished, just_done], 1)
+    best = torch.topk(merged_scores, k).indices
+    beams.finished_scores = merged_scores.gather(1, best)
+    beams.finished_seqs = merged_seqs.gather(1, best[:, :, None].expand(-1, -1, n))
+    beams.is_finished = merged_done.gather(1, best)
+    # Can a running beam still beat the worst finished one? (transformers' default heuristic)
+    best_running = beams.running_scores[:, :1] / ((i + 1) ** length_penalty)
+    worst_done = torch.where(beams.is_finished, beams.finished_scores.min(1, keepdim=True).values, -1e9)
+    beams.improvable = beams.improvable & (best_running > worst_done).any(-1, keepdim=True)
+    return next_idx

@@ -22,7 +22,7 @@ from torch import nn
 
 from plmkit.errors import ConfigError
 from plmkit.models.cache import KVCache
-from plmkit.models.generation import Sampling, next_tokens
+from plmkit.models.generation import BeamState, Sampling, advance_beams, next_tokens
 
 
 class Seq2SeqCache:
@@ -125,55 +125,26 @@ def _beam_search(
     n_eos = 0 if eos_id is None else 1
     keep = max(2, 1 + n_eos) * k  # enough candidates that K survive even if some end
     top_k_mask = torch.arange(keep, device=device) < k
-    running = torch.full((b, k, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    finished_seqs = running.clone()
-    running_scores = torch.zeros(b, k, device=device)
-    running_scores[:, 1:] = -1e9  # identical beams at the start: only the first may expand
-    finished_scores = torch.full((b, k), -1e9, device=device)
-    is_finished = torch.zeros(b, k, dtype=torch.bool, device=device)
-    improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
+    beams = BeamState.start(b, k, max_new_tokens, pad_id, device)
     start = history  # (B*K, 1): the decoder start token
     logits = step(history)
     for i in range(max_new_tokens):
         log_probs = logits.float().log_softmax(-1)
-        full_history = torch.cat([start, running[:, :, :i].reshape(bk, i)], 1)
+        full_history = torch.cat([start, beams.running[:, :, :i].reshape(bk, i)], 1)
         log_probs = ban_repeated_ngrams(log_probs, full_history, no_repeat_ngram_size)
         v = log_probs.shape[-1]
-        scores = (log_probs.view(b, k, v) + running_scores[:, :, None]).view(b, k * v)
+        scores = (log_probs.view(b, k, v) + beams.running_scores[:, :, None]).view(b, k * v)
         top_scores, top_idx = torch.topk(scores, keep)  # (B, 2K)
         from_beam, tokens = top_idx // v, top_idx % v
-        cand = running.gather(1, from_beam[:, :, None].expand(-1, -1, max_new_tokens)).clone()
-        cand[:, :, i] = tokens
         hits = tokens == eos_id if eos_id is not None else torch.zeros_like(tokens, dtype=torch.bool)
-        if i == max_new_tokens - 1:
-            hits = torch.ones_like(hits)
-        alive_scores = top_scores + hits.float() * -1e9
-        next_idx = torch.topk(alive_scores, k).indices
-        running = cand.gather(1, next_idx[:, :, None].expand(-1, -1, max_new_tokens))
-        running_scores = alive_scores.gather(1, next_idx)
-        just_done = hits & top_k_mask[None]
-        done_scores = top_scores / ((i + 1) ** length_penalty)
-        full = is_finished.all(-1, keepdim=True) & early_stopping
-        done_scores = done_scores + full.float() * -1e9 + (~improvable).float() * -1e9
-        done_scores = done_scores + (~just_done).float() * -1e9
-        merged_scores = torch.cat([finished_scores, done_scores], 1)
-        merged_seqs = torch.cat([finished_seqs, cand], 1)
-        merged_done = torch.cat([is_finished, just_done], 1)
-        best = torch.topk(merged_scores, k).indices
-        finished_scores = merged_scores.gather(1, best)
-        finished_seqs = merged_seqs.gather(1, best[:, :, None].expand(-1, -1, max_new_tokens))
-        is_finished = merged_done.gather(1, best)
-        # Can a running beam still beat the worst finished one? (transformers' default heuristic)
-        best_running = running_scores[:, :1] / ((i + 1) ** length_penalty)
-        worst_done = torch.where(is_finished, finished_scores.min(1, keepdim=True).values, -1e9)
-        improvable = improvable & (best_running > worst_done).any(-1, keepdim=True)
-        open_beams = not (early_stopping and bool(is_finished.all()))
-        if i == max_new_tokens - 1 or not bool(improvable.any()) or not open_beams:
+        next_idx = advance_beams(beams, i, top_scores, from_beam, tokens, hits, top_k_mask, length_penalty,
+                                 early_stopping)
+        if i == max_new_tokens - 1 or beams.done(early_stopping):
             break
         rows = (from_beam.gather(1, next_idx) + torch.arange(b, device=device)[:, None] * k).flatten()
         reorder(rows)
-        logits = step(running[:, :, i].reshape(bk, 1))
-    best_seq = finished_seqs[:, 0]  # (B, N)
+        logits = step(beams.running[:, :, i].reshape(bk, 1))
+    best_seq = beams.finished_seqs[:, 0]  # (B, N)
     if eos_id is None:
         return best_seq
     # Trim to the longest hypothesis: after its EOS a row holds only padding.
