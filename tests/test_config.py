@@ -5,7 +5,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pytest
 
@@ -223,3 +223,29 @@ def test_required_option_from_either_source(tmp_path):
         parse(NeedsData, ["--config", str(path)])
     assert str(e.value) == f"key 'model.n_layer' in {path} expects int, got [1] (list)"
     assert parse(NeedsData, ["--config", str(path), "--model.n_layer=2"]).model.n_layer == 2
+
+
+@dataclass
+class AdaptCfg:
+    SHORTHAND: ClassVar[str] = "method"
+    method: str = field(default="", metadata={"help": "which adapter"})
+    r: int = field(default=8, metadata={"help": "rank"})
+
+
+@dataclass
+class ShortCfg:
+    adapt: AdaptCfg = field(default_factory=AdaptCfg, metadata={"help": "adapter block"})
+    model: ModelCfg = field(default_factory=ModelCfg, metadata={"help": "the network"})
+
+
+def test_group_shorthand_from_cli_and_yaml_merges_with_its_fields(tmp_path):
+    cfg = parse(ShortCfg, ["--adapt", "lora", "--adapt.r", "4"])
+    assert (cfg.adapt.method, cfg.adapt.r) == ("lora", 4)
+    assert parse(ShortCfg, ["--adapt.r=2", "--adapt=ia3"]).adapt == AdaptCfg(method="ia3", r=2)
+    path = tmp_path / "run.yaml"
+    path.write_text("adapt: prefix\n")
+    assert parse(ShortCfg, ["--config", str(path), "--adapt.r=3"]).adapt == AdaptCfg(method="prefix", r=3)
+    assert from_dict(ShortCfg, {"adapt": "lora"}).adapt.method == "lora"
+    # A group without a shorthand still refuses a bare value.
+    with pytest.raises(ConfigError, match=r"--model is a group of options; set its fields as --model.KEY"):
+        parse(ShortCfg, ["--model", "big"])

@@ -7,6 +7,9 @@
 
     cfg = parse(Config, ["--config", "run.yaml", "--model.n_layer=4", "--lr", "1e-3", "--no-compile"])
 
+A group may name one field as its shorthand (`SHORTHAND: ClassVar[str] = "method"`): then `--peft lora`
+(or `peft: lora` in YAML) means `--peft.method=lora`, and `--peft.r 8` still sets the rest of the group.
+
 Precedence: field defaults < YAML file < command-line overrides. Every value is converted to the field's
 annotated type (int, float, str, bool, Path, Optional, Literal choices, list/tuple, dict, nested dataclass);
 an unknown key or a value of the wrong type raises a one-line `ConfigError` that names the key (and the YAML
@@ -281,6 +284,9 @@ def _build(cls: type[T], data: dict[str, Any], base: Any, prefix: str, where: _W
             continue
         value = data[name]
         sub = _dataclass_in(tp)
+        shorthand = _shorthand(tp)
+        if shorthand is not None and isinstance(value, str) and value.strip().lower() not in _NONE:
+            value = {shorthand: value}
         if sub is not None and isinstance(value, dict) and not isinstance(value, _Cli):
             if current is _MISSING:
                 current = _field_default(f)
@@ -364,6 +370,25 @@ def _field_type(cls: type, dotted: str) -> Any:
     return tp
 
 
+def _expand_shorthands(cls: type, tree: dict[str, Any]) -> None:
+    """Rewrite YAML's `peft: lora` as `peft: {method: lora}` so later `--peft.r` overrides merge into it."""
+    hints = _hints(cls)
+    for f in _init_fields(cls):
+        value = tree.get(f.name)
+        shorthand = _shorthand(hints[f.name])
+        if shorthand is not None and isinstance(value, str) and value.strip().lower() not in _NONE:
+            tree[f.name] = {shorthand: value}
+        elif isinstance(value, dict) and (sub := _dataclass_in(hints[f.name])) is not None:
+            _expand_shorthands(sub, value)
+
+
+def _shorthand(tp: Any) -> str | None:
+    """The field a group dataclass takes its bare value into (`--peft lora`), or None."""
+    sub = _dataclass_in(tp)
+    name = getattr(sub, "SHORTHAND", None) if sub is not None else None
+    return name if isinstance(name, str) else None
+
+
 def _is_bool(tp: Any) -> bool:
     args = _union_args(tp)
     return tp is bool or (args is not None and set(args) == {bool, type(None)})
@@ -402,6 +427,10 @@ def _parse_argv(cls: type, argv: list[str]) -> tuple[str | None, dict[str, Any]]
                 continue
         if tp is _MISSING:
             raise _unknown_option(cls, name)
+        shorthand = _shorthand(tp)
+        if shorthand is not None:
+            name = f"{name}.{shorthand}"
+            tp = _field_type(cls, name)
         is_bool = _is_bool(tp)
         if not eq:
             if is_bool:
@@ -429,6 +458,7 @@ def parse(cls: type[T], argv: list[str] | None = None) -> T:
     # came from, so errors still name the YAML file or the option. Building once lets the command line
     # supply a required option the file leaves out.
     tree: dict[str, Any] = load_yaml(config_path) if config_path is not None else {}
+    _expand_shorthands(cls, tree)
     for dotted, value in overrides.items():
         _set_dotted(tree, dotted, value)
     return _build(cls, tree, None, "", _Where(file=config_path))

@@ -1,4 +1,4 @@
-"""`plmkit finetune --peft.method=...` trains only the adapter and the head; `plmkit merge` writes a plain
+"""`plmkit finetune --peft METHOD` trains only the adapter and the head; `plmkit merge` writes a plain
 checkpoint that transformers loads with the adapted model's logits."""
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def test_finetune_with_peft(method: str, tmp_path, capsys) -> None:
         f"--pretrained={tmp_path / 'base'}", f"--out_dir={out}", f"--data.train_file={train}",
         f"--data.eval_file={train}", "--data.batch_size=8", "--data.max_length=32", "--train.max_steps=30",
         "--train.schedule=constant", "--train.lr=1e-2", "--train.progress=false", "--dropout=0.0",
-        f"--peft.method={method}", "--peft.r=8", "--peft.targets=all-linear", "--peft.length=4",
+        "--peft", method, "--peft.r", "8", "--peft.targets=all-linear", "--peft.length=4",
         "--peft.hidden=16", "--train.activation_checkpointing=true",
     ])
     summary = finetune.run(cfg)

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -73,7 +73,12 @@ METHODS: dict[str, Method] = {
 
 @dataclass
 class PeftOptions:
-    """The `peft` option block of the fine-tuning recipe: one method and its settings (flat)."""
+    """The `peft` option block of the fine-tuning recipe: one method and its settings (flat).
+
+    `--peft lora` is short for `--peft.method=lora` (SHORTHAND).
+    """
+
+    SHORTHAND: ClassVar[str] = "method"
 
     method: str = field(default="", metadata={"help": "'' (full fine-tuning), " + ", ".join(METHODS)})
     r: int = field(default=8, metadata={"help": "lora: rank"})
