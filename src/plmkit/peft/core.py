@@ -97,6 +97,33 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+class LinearHost(nn.Module):
+    """An adapter host around a frozen nn.Linear (LoRA, IA3): the base, its named adapters, and the
+    nn.Linear attributes that code reading `module.weight` or `module.in_features` expects."""
+
+    is_adapter_host = True
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        self.base = base
+        self.adapters = nn.ModuleDict()
+        self.active: str | None = None
+        self.disabled = False
+        self.merged = False
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+
 def check_new_name(host: nn.Module, name: str, where: str) -> None:
     if not name or "." in name:
         raise ConfigError(f"adapter name {name!r} must be non-empty and contain no '.'")

@@ -31,31 +31,12 @@ class IA3Vector(nn.Module):
         self.scale = nn.Parameter(torch.ones(size))
 
 
-class IA3Linear(nn.Module):
+class IA3Linear(core.LinearHost):
     """A frozen projection with a learned rescaling of its output (keys, values) or input (FFN)."""
 
-    is_adapter_host = True
-
     def __init__(self, base: nn.Linear, on_input: bool):
-        super().__init__()
-        self.base = base
+        super().__init__(base)
         self.on_input = on_input
-        self.adapters = nn.ModuleDict()
-        self.active: str | None = None
-        self.disabled = False
-        self.merged = False
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base.weight
 
     def add(self, name: str, where: str) -> None:
         core.check_new_name(self, name, where)

@@ -59,30 +59,8 @@ class LoRAWeights(nn.Module):
         return self.lora_B(self.lora_A(self.dropout(x))) * self.scale
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(core.LinearHost):
     """A frozen `base` nn.Linear plus named LoRA updates, one of them active."""
-
-    is_adapter_host = True
-
-    def __init__(self, base: nn.Linear):
-        super().__init__()
-        self.base = base
-        self.adapters = nn.ModuleDict()
-        self.active: str | None = None
-        self.disabled = False
-        self.merged = False
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base.weight
 
     def add(self, name: str, cfg: LoRAConfig, where: str) -> None:
         core.check_new_name(self, name, where)
