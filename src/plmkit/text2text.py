@@ -10,19 +10,40 @@ The text-to-text task reads JSONL/TSV with a source field (`--data.text_column`,
 a target field (`--data.label_column`; its default "label" reads the field "target"). Sources carry
 their task prefix ("summarize: ..."). Evaluation generates greedily and reports exact match, BLEU and
 ROUGE-L.
+
+Several tasks in one run: `data.mixture` (`MixtureConfig`) lists the sources, each with its files,
+format, field names, prefix and (classification) label words; training batches draw each example's task
+at the mixing rates (examples-proportional with a cap, or temperature), and evaluation reports each
+task's metrics as `<task>/<metric>`: accuracy of the label word mapped back for classification tasks,
+BLEU, ROUGE-L and exact match for generation tasks. An evaluation source whose prefix is none of the
+tasks' is a one-line error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plmkit.data.text2text import TaskSpec, Text2TextExample, encode_examples, read_examples
-from plmkit.errors import ConfigError
+from plmkit.data.text2text import (
+    FORMATS,
+    MixtureBatches,
+    TaskSpec,
+    Text2TextExample,
+    encode_examples,
+    label_from_word,
+    mixing_rates,
+    read_examples,
+    task_of,
+)
+from plmkit.errors import ConfigError, DataError
 from plmkit.metrics_text import bleu, exact_match, rouge_l
 from plmkit.models.bart import BartConfig, bart_lm
 from plmkit.models.seq2seq_generation import generate_texts
@@ -84,34 +105,79 @@ def _seq2seq_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutpu
     return StepOutput(loss_sum=loss_sum, num_targets=n)
 
 
+Corruption = Callable[[nn.Module, dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]]
+
+
+def span_corruption(tokenizer: Any) -> Corruption:
+    """Packed windows -> T5 span-corrupted inputs and targets; sentinels are the model's top rows."""
+    eos = getattr(tokenizer, "eos_id", None)
+
+    def corrupt(model: nn.Module, batch: dict[str, torch.Tensor], g: torch.Generator) -> dict:
+        return span_corruption_batch(batch["input_ids"], g, model.config.vocab_size - 1, eos)
+
+    return corrupt
+
+
+def denoising(tokenizer: Any) -> Corruption:
+    """Packed windows -> BART text infilling (30%, Poisson(3) spans) plus sentence permutation at '.'."""
+    dots = tuple(i for t in (".", "Ġ.", "▁.") if (i := _token_id(tokenizer, t)) is not None)
+    mask_id = getattr(tokenizer, "mask_id", None)
+
+    def corrupt(model: nn.Module, batch: dict[str, torch.Tensor], g: torch.Generator) -> dict:
+        cfg = DenoisingConfig(
+            mask_id=model.config.vocab_size - 1 if mask_id is None else mask_id, sentence_end_ids=dots
+        )
+        return denoising_batch(batch["input_ids"], cfg, g, model.config.pad_token_id)
+
+    return corrupt
+
+
+# Pretraining objective -> corruption; training draws fresh noise per batch, evaluation a fixed one.
+CORRUPTIONS: dict[str, Callable[[Any], Corruption]] = {
+    "span_corruption": span_corruption,
+    "denoising": denoising,
+}
+
+
+def _corrupting_step(corrupt: Corruption) -> Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]:
+    def step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+        return _seq2seq_step(model, corrupt(model, batch, step_generator()))
+
+    return step
+
+
 def make_span_corruption(
     tokenizer: Any, seed: int
 ) -> Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]:
     """Span corruption on packed windows: a window of `span_corruption_lengths(S)[0]` tokens gives
     encoder inputs of exactly S tokens. Sentinels are the model's top vocabulary rows."""
-    eos = getattr(tokenizer, "eos_id", None)
-
-    def step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        g = step_generator()
-        corrupted = span_corruption_batch(batch["input_ids"], g, model.config.vocab_size - 1, eos)
-        return _seq2seq_step(model, corrupted)
-
-    return step
+    return _corrupting_step(span_corruption(tokenizer))
 
 
 def make_denoising(tokenizer: Any, seed: int) -> Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]:
     """BART text infilling (30%, Poisson(3) spans) plus sentence permutation at '.' tokens."""
-    dots = tuple(i for t in (".", "Ġ.", "▁.") if (i := _token_id(tokenizer, t)) is not None)
+    return _corrupting_step(denoising(tokenizer))
 
-    def step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        g = step_generator()
-        mask_id = getattr(tokenizer, "mask_id", None)
-        cfg = DenoisingConfig(
-            mask_id=model.config.vocab_size - 1 if mask_id is None else mask_id, sentence_end_ids=dots
-        )
-        return _seq2seq_step(model, denoising_batch(batch["input_ids"], cfg, g, model.config.pad_token_id))
 
-    return step
+def evaluate_seq2seq(
+    model: nn.Module, batches: Any, num_batches: int, corrupt: Corruption, seed: int = 0
+) -> dict[str, float]:
+    """Mean target-token loss and perplexity of the seq2seq objective on `num_batches` held-out windows.
+
+    The corruption noise comes from a generator seeded with `seed` afresh at every call, so each
+    evaluation scores the same corrupted examples and successive validation losses compare.
+    """
+    g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for _ in range(num_batches):
+            batch = {k: v.to(device) for k, v in batches.next_batch().items()}
+            out = _seq2seq_step(model, corrupt(model, batch, g))
+            total += float(out.loss_sum)
+            count += int(out.num_targets)
+    loss = total / max(count, 1)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 
 
 def _token_id(tokenizer: Any, token: str) -> int | None:
@@ -159,6 +225,153 @@ def text2text_head(backbone: nn.Module, num_labels: int, cfg: Any) -> nn.Module:
     if getattr(backbone.config, "tie_embeddings", True) is False:
         raise ConfigError("--task=text2text needs a checkpoint whose LM head is tied to the embedding")
     return Seq2SeqLMHead(backbone.embed_tokens, bias=backbone.config.model_type == "bart")
+
+
+# ---- several tasks in one run: the mixture config ----------------------------------------------------
+
+
+@dataclass
+class SourceConfig:
+    """One task of a text-to-text mixture."""
+
+    name: str = field(default="", metadata={"help": "task name; metrics are reported as <name>/<metric>"})
+    train: str = field(default="", metadata={"help": "training file (JSONL, or TSV with a header row)"})
+    eval: str = field(default="", metadata={"help": "evaluation file ('': the task is not evaluated)"})
+    format: str = field(default="auto", metadata={"help": "jsonl, tsv or auto (by the file suffix)"})
+    source_field: str = field(default="source", metadata={"help": "field holding the input text"})
+    target_field: str = field(default="target", metadata={"help": "field holding the output text or label"})
+    prefix: str = field(default="", metadata={"help": "task prefix put before every source"})
+    label_words: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "classification: label -> word the model generates (empty: a generation task)"},
+    )
+    max_train_examples: int = field(default=0, metadata={"help": "use the first N training records (0: all)"})
+    max_eval_examples: int = field(default=0, metadata={"help": "use the first N eval records (0: all)"})
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("every source needs a name")
+        if not self.train:
+            raise ValueError(f"source {self.name!r} needs a train file")
+        if self.format not in FORMATS:
+            known = ", ".join(FORMATS)
+            raise ValueError(f"source {self.name!r}: format {self.format!r} is not one of {known}")
+        if not self.prefix.strip():
+            raise ValueError(f"source {self.name!r} needs a prefix: the model tells the tasks apart by it")
+
+    def spec(self, path: str) -> TaskSpec:
+        return TaskSpec(
+            self.name, path, self.prefix, self.source_field, self.target_field, dict(self.label_words),
+            self.format,
+        )
+
+
+@dataclass
+class MixtureConfig:
+    """Several text-to-text tasks trained together, each example's task drawn at its rate
+    (Raffel et al. 2020, sec. 3.5.2): rate ∝ min(N, cap) ("proportional") or min(N, cap)^(1/temperature)."""
+
+    sources: list[SourceConfig] = field(
+        default_factory=list, metadata={"help": "the tasks (YAML list; empty: one file, data.train_file)"}
+    )
+    mixing: Literal["proportional", "temperature"] = field(
+        default="proportional", metadata={"help": "proportional (to min(N, cap)) or temperature"}
+    )
+    cap: int = field(default=0, metadata={"help": "examples counted per task at most (0: no cap)"})
+    temperature: float = field(default=1.0, metadata={"help": "mixing=temperature: rate ∝ min(N, cap)^(1/T)"})
+
+    def __post_init__(self) -> None:
+        names = [src.name for src in self.sources]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"source name {repeated[0]!r} is used twice")
+        prefixes = [src.prefix for src in self.sources]
+        shared = sorted({p for p in prefixes if prefixes.count(p) > 1})
+        if shared:
+            raise ValueError(f"prefix {shared[0]!r} is used by two sources")
+        if self.cap < 0:
+            raise ValueError(f"cap must be >= 0, got {self.cap}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.mixing == "proportional" and self.temperature != 1.0:
+            raise ValueError("temperature is set but mixing is 'proportional': set mixing=temperature")
+
+    def rates(self, sizes: Mapping[str, int]) -> dict[str, float]:
+        t = self.temperature if self.mixing == "temperature" else 1.0
+        return mixing_rates(sizes, cap=self.cap or None, temperature=t)
+
+    def prefixes(self) -> dict[str, str]:
+        return {src.name: src.prefix for src in self.sources}
+
+
+def _mixture(d: Any) -> MixtureConfig | None:
+    m = getattr(d, "mixture", None)
+    return m if m is not None and m.sources else None
+
+
+def _limit(records: list, n: int) -> list:
+    return records[:n] if n > 0 else records
+
+
+def _read_source(src: SourceConfig, path: str, limit: int, what: str) -> list[Text2TextExample]:
+    if not Path(path).is_file():
+        raise DataError(f"data.mixture source {src.name!r}: {what} file {path} not found")
+    return _limit(read_examples(src.spec(path)), limit)
+
+
+def read_mixture(d: Any) -> tuple[list[Text2TextExample], list[Text2TextExample]] | None:
+    """(train, eval) records of every source of `d.mixture`, each tagged with its task; None without one.
+
+    Evaluation reads each source's `eval` file, or `d.eval_file` when set: one file of sources that
+    already carry their prefixes, each assigned to the task its prefix names (an unknown prefix is an
+    error naming the line)."""
+    m = _mixture(d)
+    if m is None:
+        return None
+    train: list[Text2TextExample] = []
+    evals: list[Text2TextExample] = []
+    for src in m.sources:
+        train += _read_source(src, src.train, src.max_train_examples, "train")
+        if src.eval and not d.eval_file:
+            evals += _read_source(src, src.eval, src.max_eval_examples, "eval")
+    if d.eval_file:
+        evals = assign_tasks(_limit(read_examples(_spec(d, d.eval_file)), d.max_eval_examples), m)
+    if not evals:
+        raise ConfigError("no evaluation data: give the sources eval files or set --data.eval_file")
+    return train, evals
+
+
+def assign_tasks(records: Sequence[Text2TextExample], m: MixtureConfig) -> list[Text2TextExample]:
+    """Tag each record with the task its source's prefix names; a classification target given as a
+    label (not yet its word) becomes its label word."""
+    by_name = {src.name: src for src in m.sources}
+    prefixes = m.prefixes()
+    out = []
+    for i, r in enumerate(records):
+        task = task_of(r.source, prefixes, where=r.where or f"eval example {i}")
+        words = by_name[task].label_words
+        target = words.get(r.target, r.target)
+        out.append(Text2TextExample(r.source, target, task, r.where))
+    return out
+
+
+def mixture_batches(
+    features: Sequence[dict], records: Sequence[Text2TextExample], d: Any, seed: int, collate_fn: Any
+) -> Any:
+    """The recipe's training batches: `MixtureBatches` at the configured rates (None without a mixture,
+    so the recipe shuffles one file as usual)."""
+    m = _mixture(d)
+    if m is None:
+        return None
+    groups: dict[str, list[dict]] = {src.name: [] for src in m.sources}
+    for f, r in zip(features, records):
+        groups[r.task].append(f)
+    rates = m.rates({name: len(xs) for name, xs in groups.items()})
+    print("mixing rates: " + ", ".join(f"{n} {r:.3f}" for n, r in rates.items()), flush=True)
+    return MixtureBatches(groups, rates, collate_fn, d.batch_size, seed)
+
+
+# ---- fine-tuning: the finetune recipe's Task row --------------------------------------------------
 
 
 def _spec(d: Any, path: str) -> TaskSpec:
@@ -215,18 +428,76 @@ def text2text_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutp
     return _seq2seq_step(model, unpack(batch, model.config.pad_token_id))
 
 
-def evaluate_text2text(
-    model: nn.Module, tokenizer: Any, records: Sequence[Text2TextExample], labels: Sequence[str], d: Any
+def check_prefixes(sources: Sequence[str], prefixes: Mapping[str, str], where: str = "source") -> list[str]:
+    """The task of each source by its prefix; a source with none of the known prefixes is a one-line
+    `DataError` naming it, its prefix and the known ones. No known prefixes: nothing to check."""
+    if not prefixes:
+        return [""] * len(sources)
+    return [task_of(src, prefixes, where=f"{where} {i}") for i, src in enumerate(sources)]
+
+
+def task_scores(
+    hyps: Sequence[str], refs: Sequence[str], label_words: Mapping[str, str]
 ) -> dict[str, float]:
-    """Greedy generation on the evaluation records: exact match (0-1), BLEU and ROUGE-L (0-100)."""
-    hyps = generate_texts(
+    """Classification (label words given): accuracy of the generated word mapped back to its label and
+    the fraction of outputs that are no label word; generation: exact match, BLEU and ROUGE-L."""
+    if label_words:
+        predicted = [label_from_word(h, label_words) for h in hyps]
+        gold = [label_from_word(r, label_words) for r in refs]
+        n = len(hyps)
+        return {
+            "accuracy": sum(p is not None and p == g for p, g in zip(predicted, gold)) / n,
+            "invalid": sum(p is None for p in predicted) / n,
+        }
+    return {"exact_match": exact_match(hyps, refs), "bleu": bleu(hyps, refs), "rougeL": rouge_l(hyps, refs)}
+
+
+def generate_for_tasks(
+    model: nn.Module,
+    tokenizer: Any,
+    sources: Sequence[str],
+    d: Any,
+    prefixes: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Greedy outputs for `sources`; with known task `prefixes`, each source must carry one of them."""
+    check_prefixes(sources, prefixes or {}, where="input")
+    return generate_texts(
         model,
         tokenizer,
-        [r.source for r in records],
+        list(sources),
         max_source_length=d.max_length,
         batch_size=d.eval_batch_size,
         max_new_tokens=d.max_length,
         eos_token_id=getattr(tokenizer, "eos_id", None),
     )
-    refs = [r.target for r in records]
-    return {"exact_match": exact_match(hyps, refs), "bleu": bleu(hyps, refs), "rougeL": rouge_l(hyps, refs)}
+
+
+def evaluate_text2text(
+    model: nn.Module, tokenizer: Any, records: Sequence[Text2TextExample], labels: Sequence[str], d: Any
+) -> dict[str, float]:
+    """Greedy generation on the evaluation records: exact match (0-1), BLEU and ROUGE-L (0-100); with a
+    mixture, the same per task (`<task>/bleu`, ...; classification tasks `<task>/accuracy`)."""
+    m = _mixture(d)
+    if m is None:
+        hyps = generate_for_tasks(model, tokenizer, [r.source for r in records], d)
+        return task_scores(hyps, [r.target for r in records], {})
+    # The prefix, not the record's tag, decides the task, as it will for a deployed model's inputs.
+    prefixes = m.prefixes()
+    for r in records:
+        task_of(r.source, prefixes, where=r.where or "eval")
+    hyps = generate_for_tasks(model, tokenizer, [r.source for r in records], d)
+    out: dict[str, float] = {"exact_match": exact_match(hyps, [r.target for r in records])}
+    for src in m.sources:
+        rows = [i for i, r in enumerate(records) if r.task == src.name]
+        if rows:
+            scores = task_scores([hyps[i] for i in rows], [records[i].target for i in rows], src.label_words)
+            out.update({f"{src.name}/{k}": v for k, v in scores.items()})
+    return out
+
+
+def write_task_table(model_dir: Path, d: Any) -> None:
+    """Record the mixture's tasks (prefix, label words) beside the model, for inputs given to it later."""
+    m = _mixture(d)
+    if m is not None:
+        tasks = {src.name: {"prefix": src.prefix, "label_words": src.label_words} for src in m.sources}
+        (Path(model_dir) / "text2text_tasks.json").write_text(json.dumps(tasks, indent=2) + "\n")

@@ -8,7 +8,8 @@ label. Several tasks train in one run, each drawn with its own rate (sec. 3.5.2)
 - temperature mixing: rate_m ∝ min(N_m, K)^(1/T); T = 1 is proportional, large T approaches uniform.
 
 Sources are JSONL (one object per line) or TSV with a header row, with named source and target fields.
-Bad input gives one-line `DataError`s that name the file and line.
+Bad input gives one-line `DataError`s that name the file and line. `MixtureBatches` serves training
+batches whose examples are drawn task by task at the mixing rates.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from plmkit.errors import ConfigError, DataError
 
@@ -34,6 +36,7 @@ class Text2TextExample:
     source: str  # with its task prefix
     target: str
     task: str = ""
+    where: str = field(default="", compare=False)  # "file:line", for error messages
 
 
 @dataclass
@@ -46,6 +49,10 @@ class TaskSpec:
     source_field: str = "source"
     target_field: str = "target"
     label_words: dict[str, str] = field(default_factory=dict)  # classification: label -> word to generate
+    format: str = "auto"  # "jsonl", "tsv", or "auto" (by suffix: .tsv/.tab are TSV, the rest JSONL)
+
+
+FORMATS = ("auto", "jsonl", "tsv")
 
 
 def read_examples(spec: TaskSpec, limit: int = 0) -> list[Text2TextExample]:
@@ -53,8 +60,11 @@ def read_examples(spec: TaskSpec, limit: int = 0) -> list[Text2TextExample]:
     path = Path(spec.path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    if spec.format not in FORMATS:
+        raise ConfigError(f"{path}: format {spec.format!r} is not one of {', '.join(FORMATS)}")
+    is_tsv = spec.format == "tsv" or (spec.format == "auto" and path.suffix in (".tsv", ".tab"))
     out: list[Text2TextExample] = []
-    for line_no, row in _rows(path):
+    for line_no, row in _rows(path, is_tsv):
         values = []
         for key in (spec.source_field, spec.target_field):
             if key not in row or row[key] is None:
@@ -66,7 +76,7 @@ def read_examples(spec: TaskSpec, limit: int = 0) -> list[Text2TextExample]:
                 known = ", ".join(sorted(spec.label_words))
                 raise DataError(f"{path}:{line_no}: label {target!r} is not one of {known}")
             target = spec.label_words[target]
-        out.append(Text2TextExample(spec.prefix + source, target, spec.name))
+        out.append(Text2TextExample(spec.prefix + source, target, spec.name, f"{path}:{line_no}"))
         if limit and len(out) >= limit:
             break
     if not out:
@@ -74,8 +84,8 @@ def read_examples(spec: TaskSpec, limit: int = 0) -> list[Text2TextExample]:
     return out
 
 
-def _rows(path: Path) -> Any:
-    if path.suffix in (".tsv", ".tab"):
+def _rows(path: Path, is_tsv: bool) -> Any:
+    if is_tsv:
         with path.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
             for i, row in enumerate(reader, start=2):
@@ -128,6 +138,91 @@ def mix(
         out.append(examples[name][order[cursors[name] % len(order)]])
         cursors[name] += 1
     return out
+
+
+class MixtureBatches:
+    """Endless training batches from several tasks: each example's task is drawn at the mixing rates,
+    then the task's next example in its own shuffled order (reshuffled each time the task is used up).
+
+    Batch `i` draws its tasks from a generator seeded with (seed, i); task `t` visits its examples in
+    `torch.randperm` seeded with (seed, t, epoch). The batch index and the number of examples taken from
+    each task are the whole state, so a resumed run sees the same batches (the `Batches` protocol).
+    """
+
+    def __init__(
+        self,
+        examples: Mapping[str, Sequence[Any]],
+        rates: Mapping[str, float],
+        collate_fn: Any,
+        batch_size: int,
+        seed: int,
+    ) -> None:
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        empty = [name for name, xs in examples.items() if not xs]
+        if empty:
+            raise DataError(f"task {empty[0]!r} of the mixture has no training examples")
+        if set(rates) != set(examples):
+            raise ConfigError(f"mixing rates for {sorted(rates)} but tasks {sorted(examples)}")
+        self.examples = {name: list(xs) for name, xs in examples.items()}
+        self.names = list(self.examples)
+        self.rates = torch.tensor([float(rates[n]) for n in self.names], dtype=torch.double)
+        self.collate_fn = collate_fn
+        self.batch_size = batch_size
+        self.seed = seed
+        self.index = 0
+        self.taken = dict.fromkeys(self.names, 0)
+        self._orders: dict[str, tuple[int, list[int]]] = {}
+
+    def _order(self, task: int, epoch: int) -> list[int]:
+        name = self.names[task]
+        cached = self._orders.get(name)
+        if cached is None or cached[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + task * 10_007 + epoch)
+            cached = (epoch, torch.randperm(len(self.examples[name]), generator=g).tolist())
+            self._orders[name] = cached
+        return cached[1]
+
+    def draw_tasks(self, index: int) -> list[str]:
+        """The task of each example of batch `index`."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * (index + 1))
+        picks = torch.multinomial(self.rates, self.batch_size, replacement=True, generator=g)
+        return [self.names[i] for i in picks.tolist()]
+
+    def next_batch(self) -> dict[str, Tensor]:
+        chosen = []
+        for name in self.draw_tasks(self.index):
+            task = self.names.index(name)
+            n = len(self.examples[name])
+            epoch, pos = divmod(self.taken[name], n)
+            chosen.append(self.examples[name][self._order(task, epoch)[pos]])
+            self.taken[name] += 1
+        self.index += 1
+        return self.collate_fn(chosen)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "taken": dict(self.taken),
+            "seed": self.seed,
+            "sizes": {n: len(xs) for n, xs in self.examples.items()},
+            "batch_size": self.batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        expected = {
+            "seed": self.seed,
+            "sizes": {n: len(xs) for n, xs in self.examples.items()},
+            "batch_size": self.batch_size,
+        }
+        for key, value in expected.items():
+            if state.get(key) != value:
+                raise DataError(
+                    f"sampler state key {key!r} is {state.get(key)!r} but this run has {value!r}; "
+                    "resume with the same tasks, data, seed and batch size"
+                )
+        self.index = int(state["index"])
+        self.taken = {n: int(state["taken"][n]) for n in self.names}
 
 
 def encode_examples(

@@ -70,6 +70,10 @@ class DataConfig:
     max_answer_length: int = field(default=30, metadata={"help": "QA: longest answer span in tokens"})
     batch_size: int = field(default=32, metadata={"help": "training examples per micro-batch"})
     eval_batch_size: int = field(default=64, metadata={"help": "examples per evaluation batch"})
+    mixture: t2t.MixtureConfig = field(
+        default_factory=t2t.MixtureConfig,
+        metadata={"help": "text2text: several tasks in one run (sources replace train_file/eval_file)"},
+    )
 
 
 def _default_train() -> TrainConfig:
@@ -301,6 +305,10 @@ class Task:
     step: Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]
     evaluate: Callable[[nn.Module, Any, Sequence[Any], Sequence[str], DataConfig], dict[str, float]]
     main_metric: str
+    # Tasks that read several sources at once (text2text mixtures): (train, eval) records, or None to
+    # read data.train_file / data.eval_file; and their own batch sampler, or None to shuffle.
+    read_splits: Callable[[DataConfig], tuple[list, list] | None] | None = None
+    batches: Callable[[Sequence[dict], Sequence[Any], DataConfig, int, Callable], Any] | None = None
 
 
 TASKS: dict[str, Task] = {
@@ -323,6 +331,8 @@ TASKS: dict[str, Task] = {
         t2t.text2text_step,
         t2t.evaluate_text2text,
         "rougeL",
+        read_splits=t2t.read_mixture,
+        batches=t2t.mixture_batches,
     ),
 }
 
@@ -378,13 +388,20 @@ def run(cfg: Config) -> dict:
     for key in ("pretrained",):
         if not getattr(cfg, key):
             raise ConfigError(f"--{key} is required")
-    for key in ("train_file", "eval_file"):
-        if not getattr(d, key):
-            raise ConfigError(f"--data.{key} is required")
+    if d.mixture.sources and task.read_splits is None:
+        raise ConfigError(f"--data.mixture is for --task=text2text, not {cfg.task}")
     given = list(d.labels) or None
-    train_records = _limit(task.read(d, d.train_file, given), d.max_train_examples)
-    labels = given or task.label_set(train_records)
-    eval_records = _limit(task.read(d, d.eval_file, labels or None), d.max_eval_examples)
+    splits = task.read_splits(d) if task.read_splits is not None else None
+    if splits is not None:
+        train_records, eval_records = splits
+        labels = given or task.label_set(train_records)
+    else:
+        for key in ("train_file", "eval_file"):
+            if not getattr(d, key):
+                raise ConfigError(f"--data.{key} is required")
+        train_records = _limit(task.read(d, d.train_file, given), d.max_train_examples)
+        labels = given or task.label_set(train_records)
+        eval_records = _limit(task.read(d, d.eval_file, labels or None), d.max_eval_examples)
 
     pretrained = load(cfg.pretrained)
     tokenizer = pretrained.require_tokenizer()
@@ -404,7 +421,10 @@ def run(cfg: Config) -> dict:
     print(trainable_report(model), flush=True)
     features = task.encode(tokenizer, train_records, labels, d)
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    batches = ShuffledBatches(features, lambda xs: collate(xs, pad_id), d.batch_size, seed=cfg.seed)
+    collate_fn = lambda xs: collate(xs, pad_id)  # noqa: E731
+    batches = task.batches(features, train_records, d, cfg.seed, collate_fn) if task.batches else None
+    if batches is None:
+        batches = ShuffledBatches(features, collate_fn, d.batch_size, seed=cfg.seed)
 
     def eval_fn(m: nn.Module) -> dict[str, float]:
         return task.evaluate(m, tokenizer, eval_records, labels, d)
@@ -437,8 +457,11 @@ def run(cfg: Config) -> dict:
         model_dir = save_hf(model, out / "model", tokenizer=tokenizer) if mergeable else None
         if labels and model_dir is not None:
             _write_label_names(Path(model_dir), labels)
+        if cfg.task == "text2text" and model_dir is not None:
+            t2t.write_task_table(Path(model_dir), d)
         (out / "eval_report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        table = format_table(f"{cfg.task} on {d.eval_file} ({len(eval_records)} examples)", scores)
+        where = d.eval_file or "the sources' eval files"
+        table = format_table(f"{cfg.task} on {where} ({len(eval_records)} examples)", scores)
         (out / "eval_report.txt").write_text(table, encoding="utf-8")
         if model_dir is not None:
             summary["model_dir"] = str(model_dir)

@@ -270,7 +270,10 @@ def run(cfg: Config) -> dict:
 
         def eval_fn(m: nn.Module) -> dict[str, float]:
             val = PackedBatches(val_store, cfg.data.seq_len, cfg.data.batch_size, seed=0, shuffle=False)
-            return evaluate_clm(m, val, min(cfg.data.eval_batches, val.batches_per_epoch))
+            n = min(cfg.data.eval_batches, val.batches_per_epoch)
+            if cfg.objective in t2t.CORRUPTIONS:  # the seq2seq loss on corruptions fixed by the run's seed
+                return t2t.evaluate_seq2seq(m, val, n, t2t.CORRUPTIONS[cfg.objective](tokenizer), cfg.seed)
+            return evaluate_clm(m, val, n)
 
     result = train(model, make_step(tokenizer, cfg.seed), batches, cfg.train, eval_fn=eval_fn,
                    tokenizer=tokenizer)
