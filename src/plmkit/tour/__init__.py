@@ -21,9 +21,13 @@ EXPERIMENTS: list[str] = [
     "plmkit.tour.tokenization",
     "plmkit.tour.pretraining",
     "plmkit.tour.transfer",
+    "plmkit.tour.bidirectional",
+    "plmkit.tour.masking",
+    "plmkit.tour.compression",
     "plmkit.tour.peft_compare",
     "plmkit.tour.icl",
     "plmkit.tour.cot",
+    "plmkit.tour.real_weights",
 ]
 
 

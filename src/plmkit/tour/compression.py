@@ -1,0 +1,189 @@
+"""f. Compression: DistilBERT-style distillation into half the layers, and ALBERT-style parameter sharing.
+
+Distillation uses the distill recipe's pieces (`plmkit.recipes.distill`: `student_from_teacher` keeps every
+other layer, `Distiller` runs student and frozen teacher on one batch, `make_step` is the recipe's loss:
+5 * T^2 KL + 2 * cross-entropy + 1 * hidden cosine, T = 2). This is task-specific distillation of the
+fine-tuned classifier (DistilBERT itself distils during pretraining, with the MLM loss).
+ALBERT shares one block across the depth and factorizes the embeddings (V x E, then E -> D).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from torch import nn
+
+from plmkit.data.batches import ShuffledBatches
+from plmkit.models.albert import AlbertConfig, albert_mlm
+from plmkit.models.heads import SequenceClassificationHead, TaskModel
+from plmkit.objectives.distillation import DistillationWeights
+from plmkit.recipes.distill import Distiller, count_parameters, make_step, student_from_teacher
+from plmkit.recipes.pretrain import make_mlm
+from plmkit.tour.bidirectional import encoder_sizes, pretrain, pretrained_bert, with_cls, world_windows
+from plmkit.tour.common import (
+    Context,
+    Result,
+    classification_accuracy,
+    collate_classification,
+    device_step,
+    encode_sentences,
+    figure_png,
+    finetune_classifier,
+    majority_baseline,
+    new_figure,
+    table,
+    train_config,
+)
+from plmkit.training import train
+from plmkit.world import make_task
+
+NAME = "compression"
+TITLE = "f. Compression: distillation into half the layers; ALBERT-style sharing"
+CLAIM = (
+    "A student with half the teacher's layers, distilled from the teacher's soft predictions, keeps most "
+    "of its score (DistilBERT: 97% of BERT's at 60% of the size) and beats the same student trained on "
+    "the labels alone; sharing one block across layers and factorizing the embeddings (ALBERT) cuts the "
+    "parameters several-fold at a small cost in score."
+)
+LR = 1e-3
+
+
+def classifier(backbone: nn.Module, d_model: int) -> TaskModel:
+    head = SequenceClassificationHead(d_model, 2, pooling="cls", activation="tanh", dropout=0.0)
+    return TaskModel(backbone, head)
+
+
+def pretrained_albert(ctx: Context) -> tuple[nn.Module, dict]:
+    """ALBERT of BERT's width and depth: one block shared by both layers, embeddings of width D/4."""
+    s = encoder_sizes(ctx)
+    tok = ctx.wordpiece()
+    train_windows, _ = world_windows(ctx)
+    torch.manual_seed(ctx.seed)
+    config = AlbertConfig(
+        vocab_size=tok.vocab_size,
+        embedding_size=s.d_model // 4,
+        d_model=s.d_model,
+        num_layers=s.num_layers,
+        num_heads=s.num_heads,
+        num_groups=1,
+        max_positions=128,
+        activation="gelu",
+    )
+    model = albert_mlm(config)
+    return model, pretrain(ctx, model, make_mlm(tok, ctx.seed), list(with_cls(tok, train_windows)), "albert")
+
+
+def distill(
+    ctx: Context, student: TaskModel, teacher: TaskModel, train_f: list, pad_id: int, steps: int
+) -> float:
+    """Train the student against the frozen teacher with the distill recipe's step; returns seconds."""
+    start = time.perf_counter()
+    batches = ShuffledBatches(train_f, collate_classification(pad_id), min(16, len(train_f)), ctx.seed)
+    train(
+        Distiller(student, teacher).to(ctx.device),
+        device_step(make_step(DistillationWeights()), ctx.device),
+        batches,
+        train_config(ctx, steps, LR, "distill", weight_decay=0.0),
+    )
+    return time.perf_counter() - start
+
+
+def run(ctx: Context) -> Result:
+    tok = ctx.wordpiece()
+    s = encoder_sizes(ctx)
+    bert, _ = pretrained_bert(ctx)
+    albert, albert_rec = pretrained_albert(ctx)
+    n_labels = ctx.steps(512, 256)
+    train_f = encode_sentences(tok, make_task(ctx.world, "sentiment", "train", n_labels), True)
+    dev_records = make_task(ctx.world, "sentiment", "dev", ctx.steps(500, 200))
+    dev_f = encode_sentences(tok, dev_records, True)
+    steps = ctx.steps(120, 40)
+    pad = tok.pad_id
+
+    torch.manual_seed(ctx.seed)
+    teacher = classifier(copy.deepcopy(bert.backbone), s.d_model)
+    teacher_acc, _ = finetune_classifier(ctx, teacher, train_f, dev_f, pad, steps, LR)
+    teacher.eval()
+    # Both students start from the fine-tuned teacher's even layers, embeddings and head (the recipe's
+    # student_from_teacher); one learns from the teacher, the other from the labels only.
+    distilled, labels_only = student_from_teacher(teacher), student_from_teacher(teacher)
+    distill_seconds = distill(ctx, distilled, teacher, train_f, pad, steps)  # freezes the teacher
+    distilled_acc = classification_accuracy(distilled, dev_f, pad, ctx.device)
+    labels_only_acc, _ = finetune_classifier(ctx, labels_only, train_f, dev_f, pad, steps, LR)
+    torch.manual_seed(ctx.seed)
+    albert_model = classifier(copy.deepcopy(albert.backbone), s.d_model)
+    albert_acc, _ = finetune_classifier(ctx, albert_model, train_f, dev_f, pad, steps, LR)
+
+    params = {
+        "BERT teacher": count_parameters(teacher),
+        "student, distilled": count_parameters(distilled),
+        "student, labels only": count_parameters(labels_only),
+        "ALBERT": count_parameters(albert_model),
+    }
+    scores = {
+        "BERT teacher": teacher_acc,
+        "student, distilled": distilled_acc,
+        "student, labels only": labels_only_acc,
+        "ALBERT": albert_acc,
+    }
+    layers = {
+        "BERT teacher": s.num_layers,
+        "student, distilled": len(distilled.backbone.layers),
+        "student, labels only": len(labels_only.backbone.layers),
+        "ALBERT": f"{s.num_layers} (1 shared block)",
+    }
+    baseline = majority_baseline([r["label"] for r in dev_records])
+    size_ratio = params["student, distilled"] / params["BERT teacher"]
+    score_ratio = distilled_acc / teacher_acc if teacher_acc else 0.0
+    albert_ratio = params["ALBERT"] / params["BERT teacher"]
+    distill_ok = score_ratio >= 0.95 and distilled_acc >= labels_only_acc
+    albert_ok = albert_ratio < 0.5 and albert_acc >= teacher_acc - 0.05
+    learned = teacher_acc > baseline + 0.1
+    fig, ax = new_figure()
+    for name, marker in zip(params, ("o", "s", "v", "D")):
+        ax.scatter(params[name] / 1e3, scores[name], marker=marker, s=60, label=name)
+    ax.axhline(baseline, color="grey", linestyle="--", label=f"majority class {baseline:.2f}")
+    ax.set_xlabel("parameters (thousands)")
+    ax.set_ylabel("dev accuracy (sentiment)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Score vs size")
+    ax.legend(fontsize=8)
+    return Result(
+        NAME,
+        TITLE,
+        CLAIM,
+        setup=f"Teacher: the tiny BERT of experiment d (d={s.d_model}, {s.num_layers} layers) fine-tuned "
+        f"{steps} steps on {n_labels} sentiment reviews ([CLS] classifier); dev set of {len(dev_records)}. "
+        f"Students keep layer 0 of the teacher (every other layer, as DistilBERT) and train {steps} steps "
+        "on the same reviews: distilled with plmkit's distill recipe step (5 T^2 KL + 2 CE + 1 cosine, "
+        "T=2), or on the labels alone. ALBERT: one block shared across both layers and embeddings of "
+        f"width {s.d_model // 4}, pretrained like the BERT ({albert_rec['steps']} MLM steps, same windows) "
+        "and fine-tuned the same way.",
+        result=f"distilled student: {size_ratio:.0%} of the teacher's parameters, {score_ratio:.0%} of its "
+        f"score ({distilled_acc:.0%} vs {teacher_acc:.0%}; the same student on labels only "
+        f"{labels_only_acc:.0%}). ALBERT: {albert_ratio:.0%} of the parameters, {albert_acc:.0%} "
+        f"(majority class {baseline:.0%})."
+        + ("" if learned else " The teacher learned too little for the comparison to mean much."),
+        supported=distill_ok and albert_ok and learned,
+        metrics={
+            "parameters": params,
+            "accuracy": scores,
+            "size_ratio": size_ratio,
+            "score_ratio": score_ratio,
+            "albert_parameter_ratio": albert_ratio,
+            "majority_baseline": baseline,
+            "distill_seconds": distill_seconds,
+        },
+        tables=[
+            table(
+                ["model", "layers", "parameters", "share of teacher", "dev accuracy"],
+                [
+                    [n, layers[n], f"{params[n]:,}", f"{params[n] / params['BERT teacher']:.0%}", scores[n]]
+                    for n in params
+                ],
+            )
+        ],
+        plots={"compression": figure_png(fig)},
+    )

@@ -1,0 +1,85 @@
+"""Experiments d (bidirectional), e (masking) and f (compression) on a tiny setting: they share one context,
+so the tiny BERT is pretrained once."""
+
+import pytest
+import torch
+
+from plmkit.objectives.mlm import mask_tokens
+from plmkit.tour import bidirectional, compression, masking
+from plmkit.tour.common import Context
+
+TINY = bidirectional.EncoderSizes(steps=12, batch=8)
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    patch = pytest.MonkeyPatch()
+    for module in (bidirectional, masking, compression):
+        patch.setattr(module, "encoder_sizes", lambda ctx: TINY)
+    yield Context(seed=0, quick=True, work=tmp_path_factory.mktemp("tour"), log=lambda message: None)
+    patch.undo()
+    torch.set_num_threads(threads)
+
+
+def check_result(result, name):
+    assert result.name == name and result.error is None
+    assert result.supported in (True, False)
+    assert result.setup and result.result and result.tables and result.plots
+    for png in result.plots.values():
+        assert png.startswith(b"\x89PNG")
+
+
+def test_blanks_hide_one_whole_word_between_context_on_both_sides(ctx):
+    tok = ctx.wordpiece()
+    blanks = bidirectional.make_blanks(ctx, tok, 30)
+    assert len(blanks) == 30
+    for b in blanks:
+        assert len(b.left) >= 2 and len(b.right) >= 2
+        assert b.candidates[0] == b.answer and len(set(b.candidates)) == 5
+        word = tok.id_to_token(b.answer)
+        assert word.isalpha() and not (tok.id_to_token(b.right[0]) or "").startswith("##")
+
+
+def test_bidirectional_compares_equal_sized_models(ctx):
+    result = bidirectional.run(ctx)
+    check_result(result, "bidirectional")
+    m = result.metrics
+    # Same width, depth and vocabulary: BERT's extras (token types, MLM transform) stay under 10%.
+    assert abs(m["bert_params"] - m["gpt_params"]) / m["gpt_params"] < 0.1
+    assert set(m["top1"]) < set(m["of5"]) and len(m["of5"]) == 3
+    assert all(0.0 <= v <= 1.0 for v in [*m["top1"].values(), *m["of5"].values()])
+    assert 1.0 < m["gpt_perplexity"] < ctx.wordpiece().vocab_size * 2
+    assert "BERT has no left-to-right distribution" in result.result
+
+
+def test_always_mask_step_never_shows_a_real_token_at_a_target(ctx):
+    tok = ctx.wordpiece()
+    windows, _ = bidirectional.world_windows(ctx)
+    always_mask = masking.masking(tok, 1.0, 0.0)
+    masked, labels = mask_tokens(windows[:8], always_mask, torch.Generator().manual_seed(0))
+    targets = labels != -100
+    assert targets.any() and (masked[targets] == tok.mask_id).all()
+    assert torch.equal(masked[~targets], windows[:8][~targets])
+
+
+def test_masking_reports_reading_probe_and_downstream_scores(ctx):
+    result = masking.run(ctx)
+    check_result(result, "masking")
+    m = result.metrics
+    assert set(m["reading_accuracy"]) == set(m["sentiment_accuracy"]) == set(masking.MODELS)
+    for probes in m["reading_accuracy"].values():
+        assert set(probes) == {"[MASK]", "random token", "unchanged"}
+    assert 0.0 < m["majority_baseline"] < 1.0
+
+
+def test_compression_student_has_half_the_layers_and_fewer_parameters(ctx):
+    result = compression.run(ctx)
+    check_result(result, "compression")
+    m = result.metrics
+    params = m["parameters"]
+    assert params["student, distilled"] == params["student, labels only"] < params["BERT teacher"]
+    assert params["ALBERT"] < params["BERT teacher"]
+    assert m["size_ratio"] == pytest.approx(params["student, distilled"] / params["BERT teacher"])
+    assert "| student, distilled | 1 |" in result.tables[0]
