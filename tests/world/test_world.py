@@ -80,10 +80,13 @@ def test_arithmetic_solutions_are_correct_gsm8k_format():
         lines = r["answer"].split("\n")
         assert lines[-1] == f"#### {r['result']}"
         assert len(lines) == r["steps"] + 2
+        assert lines[0].startswith(r["question"].split()[0] + " starts with")
         for line in lines[1:-1]:
-            a, op, b, _, c = line.rstrip(".").split()
+            sentence, equation = line.split(": ")
+            assert sentence + "." in r["question"]  # each step restates its sentence of the question
+            a, op, b, _, c = equation.rstrip(".").split()
             assert (int(a) + int(b) if op == "+" else int(a) - int(b)) == int(c)
-        assert r["result"] >= 0
+        assert 0 <= r["result"] <= 20
 
 
 def test_translation_follows_vellic_rules():

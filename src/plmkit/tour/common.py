@@ -21,9 +21,11 @@ from torch import nn
 
 from plmkit.data.batches import ShuffledBatches
 from plmkit.data.tokenizer import Tokenizer, train_tokenizer
+from plmkit.models.bert import BertConfig, bert_mlm
 from plmkit.models.gpt import GPT2Config, gpt2_lm
 from plmkit.objectives.clm import causal_lm_loss
-from plmkit.training import StepOutput, TrainConfig, train
+from plmkit.objectives.mlm import MaskingConfig, mask_tokens, mlm_loss
+from plmkit.training import StepOutput, TrainConfig, step_generator, train
 from plmkit.world import World, make_task
 
 # Label words of the in-context learning episodes: each episode uses one pair, so only demonstrations
@@ -108,6 +110,11 @@ class Context:
         """A tiny GPT-2 trained with the causal LM loss on the world corpus; (model, training record)."""
         return self.once("gpt", lambda: pretrain_gpt(self))
 
+    def pretrained_bert(self) -> tuple[nn.Module, dict[str, Any]]:
+        """A tiny BERT trained with masked language modelling (80/10/10) on the same corpus;
+        (model, training record)."""
+        return self.once("bert", lambda: pretrain_bert(self))
+
 
 def icl_episodes(world: World, n: int, seed: int) -> list[str]:
     """Documents of 1-8 formatted reviews that all use one label-word pair, drawn per episode."""
@@ -158,10 +165,10 @@ def clm_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
 
 def train_config(ctx: Context, steps: int, lr: float, name: str, **extra: Any) -> TrainConfig:
     extra.setdefault("progress", False)
+    extra.setdefault("warmup_steps", max(1, steps // 20))
     return TrainConfig(
         max_steps=steps,
         lr=lr,
-        warmup_steps=max(1, steps // 20),
         seed=ctx.seed,
         log_every=max(1, steps // 50),
         **extra,
@@ -196,6 +203,117 @@ def pretrain_gpt(ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
         "train_tokens": len(train_windows) * block,
     }
     return model, record
+
+
+BERT_BLOCK = 128  # tokens per encoder window
+
+
+def bert_config(tokenizer: Tokenizer, quick: bool) -> BertConfig:
+    return BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        d_model=64 if quick else 128,
+        num_layers=2,
+        num_heads=4,
+        max_positions=BERT_BLOCK,
+        pad_token_id=tokenizer.pad_id,
+        add_pooler=False,
+        # No dropout: the tiny model underfits its corpus, and dropout costs a fifth of a CPU step.
+        dropout=0.0,
+        attention_dropout=0.0,
+    )
+
+
+def masking_config(tokenizer: Tokenizer) -> MaskingConfig:
+    """BERT's recipe: 15% of the tokens are targets; 80% of them become [MASK], 10% a random token."""
+    special = tuple(i for i in (tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id,
+                                tokenizer.unk_id) if i is not None)
+    return MaskingConfig(mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size, special_ids=special)
+
+
+def pack_documents(tokenizer: Tokenizer, documents: Sequence[str], block: int) -> list[list[int]]:
+    """RoBERTa's FULL-SENTENCES input: documents joined with [SEP] and cut into windows of `block`
+    tokens, each starting with [CLS]; no padding, so every position of a batch is a real token."""
+    ids: list[int] = []
+    for doc in documents:
+        ids += tokenizer.encode(doc, add_special_tokens=False) + [tokenizer.sep_id]
+    width = block - 1
+    return [[tokenizer.cls_id] + ids[i : i + width] for i in range(0, len(ids) - width + 1, width)]
+
+
+def collate_ids(pad_id: int) -> Callable[[list[list[int]]], dict[str, torch.Tensor]]:
+    def collate(rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    return collate
+
+
+def mlm_step(masking: MaskingConfig) -> Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]:
+    def step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+        # Dynamic masking (RoBERTa): a fresh mask every time a document is seen.
+        gen = step_generator(batch["input_ids"].device)
+        masked, labels = mask_tokens(batch["input_ids"], masking, gen, batch["attention_mask"])
+        loss_sum, n = mlm_loss(model(masked, batch["attention_mask"]), labels)
+        return StepOutput(loss_sum=loss_sum, num_targets=n)
+
+    return step
+
+
+def pretrain_bert(ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
+    tok = ctx.wordpiece()
+    docs = pack_documents(tok, ctx.documents(), BERT_BLOCK)
+    split = max(1, len(docs) // 20)
+    train_docs, dev_docs = docs[split:], docs[:split]
+    torch.manual_seed(ctx.seed)
+    model = bert_mlm(bert_config(tok, ctx.quick)).to(ctx.device)
+    masking = masking_config(tok)
+    steps = ctx.steps(BERT_STEPS, BERT_QUICK_STEPS)
+    batches = ShuffledBatches(train_docs, collate_ids(tok.pad_id), batch_size=8, seed=ctx.seed)
+    start = time.perf_counter()
+    result = train(
+        model,
+        device_step(mlm_step(masking), ctx.device),
+        batches,
+        # Post-LN blocks take a lower peak lr and a longer warmup than the pre-LN GPT.
+        train_config(ctx, steps, 1e-3, "bert", progress=True, warmup_steps=steps // 10),
+    )
+    model.eval()
+    dev_loss = mlm_dev_loss(model, dev_docs, masking, tok.pad_id, ctx.device)
+    record = {
+        "steps": steps,
+        "seconds": time.perf_counter() - start,
+        "curve": [(row["step"], row["loss"]) for row in result.history if "loss" in row],
+        "dev_loss": dev_loss,
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_tokens": sum(len(d) for d in train_docs),
+        "windows": len(train_docs),
+    }
+    return model, record
+
+
+BERT_STEPS, BERT_QUICK_STEPS = 800, 150
+
+
+@torch.no_grad()
+def mlm_dev_loss(
+    model: nn.Module, docs: Sequence[list[int]], masking: MaskingConfig, pad_id: int, device: str
+) -> float:
+    """Masked-token cross-entropy on held-out documents, with a fixed mask so runs compare."""
+    gen = torch.Generator().manual_seed(1234)
+    collate = collate_ids(pad_id)
+    total, count = 0.0, 0
+    for i in range(0, len(docs), 64):
+        batch = collate(list(docs[i : i + 64]))
+        masked, labels = mask_tokens(batch["input_ids"], masking, gen, batch["attention_mask"])
+        logits = model(masked.to(device), batch["attention_mask"].to(device))
+        loss_sum, n = mlm_loss(logits, labels.to(device))
+        total, count = total + float(loss_sum), count + int(n)
+    return total / max(count, 1)
 
 
 @torch.no_grad()

@@ -2,31 +2,32 @@
 
 from __future__ import annotations
 
+import copy
 import time
+from collections.abc import Callable
 
 import torch
 
 from plmkit import generate
 from plmkit.data.batches import ShuffledBatches
-from plmkit.models.gpt import gpt2_lm
+from plmkit.data.tokenizer import Tokenizer
 from plmkit.prompting import extract_answer, self_consistency
 from plmkit.tour.common import (
     Context,
     Result,
     clm_step,
-    collate_windows,
     device_step,
     figure_png,
-    gpt_config,
     majority_baseline,
     new_figure,
-    pack,
     table,
     train_config,
 )
 from plmkit.training import train
 from plmkit.world import make_task
 
+FULL_STEPS, QUICK_STEPS = 400, 60
+LR = 1e-3
 NAME = "cot"
 TITLE = "i. Chain-of-thought vs direct answers, and self-consistency"
 CLAIM = (
@@ -35,31 +36,61 @@ CLAIM = (
 )
 
 
-def direct(record: dict) -> str:
-    return f"Question: {record['question']}\nAnswer: {record['result']}"
+DIRECT, WORKED = "Answer:", "Solution:"
 
 
-def worked(record: dict) -> str:
-    return f"Question: {record['question']}\nSolution: {record['answer']}"
+def completion(record: dict, prefix: str) -> str:
+    return f" {record['result']}" if prefix == DIRECT else f" {record['answer']}"
+
+
+def prompt(record: dict, prefix: str) -> str:
+    return f"Question: {record['question']}\n{prefix}"
+
+
+def encode_problems(tok: Tokenizer, records: list[dict]) -> list[Pair]:
+    """Every problem twice, as (prompt ids, completion ids + end of text): once answered directly and
+    once with its worked solution, so the two formats differ only in the steps shown."""
+    pairs = [(prompt(r, prefix), completion(r, prefix)) for r in records for prefix in (DIRECT, WORKED)]
+    prompts = tok.encode_batch([p for p, _ in pairs], add_special_tokens=False)
+    completions = tok.encode_batch([c for _, c in pairs], add_special_tokens=False)
+    return [(p, c + [tok.eos_id]) for p, c in zip(prompts, completions)]
+
+
+Pair = tuple[list[int], list[int]]
+
+
+def collate_completions(pad_id: int) -> Callable[[list[Pair]], dict[str, torch.Tensor]]:
+    """Right-padded (B, T) inputs and shifted labels; prompt and padding positions are not targets, so the
+    whole loss is on writing the answer (Nye et al. 2021, scratchpads)."""
+
+    def collate(rows: list[Pair]) -> dict[str, torch.Tensor]:
+        width = max(len(p) + len(c) for p, c in rows) - 1
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, (p, c) in enumerate(rows):
+            ids = torch.tensor(p + c)
+            n = len(ids) - 1
+            input_ids[i, :n] = ids[:-1]
+            labels[i, :n] = ids[1:]
+            labels[i, : len(p) - 1] = -100
+        return {"input_ids": input_ids, "labels": labels}
+
+    return collate
 
 
 def run(ctx: Context) -> Result:
+    gpt, _ = ctx.pretrained_gpt()
     tok = ctx.bpe()
     world = ctx.world
     train_set = make_task(world, "arithmetic", "train")
-    # The same problems are seen in both formats, so the two prompts differ only in the steps shown.
-    docs = [direct(r) for r in train_set] + [worked(r) for r in train_set]
-    block = 128
-    windows = pack(tok, docs, block)
-    torch.manual_seed(ctx.seed + 1)
-    model = gpt2_lm(gpt_config(tok.vocab_size, ctx.quick, block)).to(ctx.device)
-    steps = ctx.steps(500, 150)
+    model = copy.deepcopy(gpt)
+    steps = ctx.steps(FULL_STEPS, QUICK_STEPS)
     start = time.perf_counter()
     train(
         model,
         device_step(clm_step, ctx.device),
-        ShuffledBatches(windows, collate_windows, 8, ctx.seed),
-        train_config(ctx, steps, 3e-3, "cot", progress=True),
+        ShuffledBatches(encode_problems(tok, train_set), collate_completions(tok.eos_id), 16, ctx.seed),
+        train_config(ctx, steps, LR, "cot", progress=True),
     )
     train_seconds = time.perf_counter() - start
     model.eval()
@@ -70,7 +101,7 @@ def run(ctx: Context) -> Result:
     def answers(
         prefix: str, max_new: int, samples: int = 1, temperature: float = 1.0
     ) -> list[list[str | None]]:
-        prompts = [tok.encode(f"Question: {r['question']}\n{prefix}", add_special_tokens=False) for r in test]
+        prompts = [tok.encode(prompt(r, prefix), add_special_tokens=False) for r in test]
         outs: list[list[str | None]] = [[] for _ in test]
         gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
         for _ in range(samples):
@@ -88,10 +119,11 @@ def run(ctx: Context) -> Result:
                 outs[i].append(extract_answer(tok.decode([t for t in row if t != eos])))
         return outs
 
-    direct_answers = [a[0] for a in answers("Answer:", 4)]
-    cot_answers = [a[0] for a in answers("Solution:", 64)]
+    direct_answers = [a[0] for a in answers(DIRECT, 4)]
+    # A worked solution of 4 steps, each restating its sentence, is about 80 tokens.
+    cot_answers = [a[0] for a in answers(WORKED, 96)]
     k = ctx.steps(5, 3)
-    sampled = answers("Solution:", 64, samples=k, temperature=0.7)
+    sampled = answers(WORKED, 96, samples=k, temperature=0.7)
     voted = [self_consistency(a) for a in sampled]
     single_sample = [a[0] for a in sampled]
 
@@ -131,9 +163,10 @@ def run(ctx: Context) -> Result:
         NAME,
         TITLE,
         CLAIM,
-        setup=f"A fresh GPT ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) trained "
-        f"{steps} steps ({train_seconds:.0f}s) on {len(train_set)} world word problems, each once as "
-        "'Question ... Answer: N' and once as 'Question ... Solution: <steps> #### N'. Evaluated on "
+        setup=f"The GPT of experiment b (pretrained on world text), fine-tuned {steps} steps of 16 "
+        f"({train_seconds:.0f}s, loss on the completion only) on {len(train_set)} world word problems, each "
+        "once as 'Question ... Answer: N' and once as 'Question ... Solution: <steps> #### N', where "
+        "every step restates its sentence ('She loses 2: 5 - 2 = 3.'). Evaluated on "
         f"{len(test)} unseen problems of 2-4 steps: greedy direct answer, greedy worked solution, and the "
         f"majority of {k} solutions sampled at temperature 0.7 (plmkit.generate, plmkit.prompting).",
         result=f"direct {scores['direct']:.0%}, chain-of-thought {scores['cot_greedy']:.0%}, one sampled "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+import torch
+
 from plmkit.models.heads import SequenceClassificationHead, TaskModel
 from plmkit.peft import (
     BottleneckConfig,
@@ -29,32 +31,36 @@ NAME = "peft"
 TITLE = "g. PEFT: full fine-tuning vs LoRA vs adapters vs prompt and prefix tuning"
 CLAIM = (
     "Training a small number of added parameters on a frozen pretrained model comes close to full "
-    "fine-tuning: LoRA r=8 lands within a few points of it while training a few percent of the weights "
-    "or less."
+    "fine-tuning: LoRA r=8 lands within a few points of it while training a small share of the weights "
+    "(under 1% at BERT-base width)."
 )
 # method -> (PEFT config or None for full fine-tuning, learning rate). Frozen bases take larger steps.
 METHODS = {
     "full": (None, 1e-3),
     "lora r=8": (("lora", LoRAConfig(r=8, alpha=16, targets="q_proj,v_proj")), 5e-3),
-    "adapters": (("adapters", BottleneckConfig(reduction=8)), 5e-3),
+    "adapters": (("adapters", BottleneckConfig(reduction=8)), 3e-3),
     "prompt tuning": (("prompt", PromptTuningConfig(num_tokens=10)), 3e-2),
     "prefix tuning": (("prefix", PrefixTuningConfig(length=10, hidden=64)), 5e-3),
 }
+WITHIN = 0.03  # "a few points"
 
 
 def run(ctx: Context) -> Result:
-    gpt, _ = ctx.pretrained_gpt()
-    tok = ctx.bpe()
+    bert, _ = ctx.pretrained_bert()
+    tok = ctx.wordpiece()
     world = ctx.world
+    d_model = bert.backbone.config.d_model
     train_records = make_task(world, "sentiment", "train", ctx.steps(512, 256))
     dev_records = make_task(world, "sentiment", "dev", ctx.steps(500, 200))
-    train_f, dev_f = encode_sentences(tok, train_records, False), encode_sentences(tok, dev_records, False)
-    steps = ctx.steps(150, 40)
+    train_f, dev_f = encode_sentences(tok, train_records, True), encode_sentences(tok, dev_records, True)
+    steps = ctx.steps(80, 30)
     rows, metrics = [], {}
     for method, (spec, lr) in METHODS.items():
-        # The last real token sees the whole review in a causal model, so it is the sequence summary.
-        head = SequenceClassificationHead(gpt.config.d_model, 2, pooling="last", activation=None, dropout=0.0)
-        model = TaskModel(copy.deepcopy(gpt.backbone), head)
+        # A linear classifier on the mean of the last hidden states: tiny, so it hardly moves the shares,
+        # and every method trains the same one.
+        torch.manual_seed(ctx.seed + 7)
+        head = SequenceClassificationHead(d_model, 2, pooling="mean", activation=None, dropout=0.0)
+        model = TaskModel(copy.deepcopy(bert.backbone), head)
         if spec is not None:
             model = apply_peft(model, spec[0], spec[1])
             mark_trainable(model)
@@ -66,7 +72,7 @@ def run(ctx: Context) -> Result:
                 seen.add(id(p))
                 total += p.numel()
                 trainable += p.numel() if p.requires_grad else 0
-        acc, seconds = finetune_classifier(ctx, model, train_f, dev_f, tok.eos_id, steps, lr)
+        acc, seconds = finetune_classifier(ctx, model, train_f, dev_f, tok.pad_id, steps, lr)
         metrics[method] = {"accuracy": acc, "trainable_pct": 100 * trainable / total, "seconds": seconds}
         rows.append([method, f"{trainable:,}", f"{100 * trainable / total:.2f}%", acc, f"{seconds:.1f}"])
     baseline = majority_baseline([r["label"] for r in dev_records])
@@ -80,28 +86,38 @@ def run(ctx: Context) -> Result:
     ax.axhline(baseline, color="grey", linestyle="--", label=f"majority class {baseline:.2f}")
     ax.set_ylim(0, 1)
     ax.set_ylabel("dev accuracy (label: % of weights trained)")
-    ax.set_title("Sentiment with the pretrained GPT")
+    ax.set_title("Sentiment with the pretrained BERT")
     ax.legend()
     ax.tick_params(axis="x", labelsize=8)
     full, lora = metrics["full"], metrics["lora r=8"]
+    gap = full["accuracy"] - lora["accuracy"]
     # Also demand that fine-tuning learned something: equal scores at the majority baseline prove nothing.
-    supported = (
-        lora["accuracy"] >= full["accuracy"] - 0.05
-        and lora["trainable_pct"] < 5
-        and full["accuracy"] > baseline + 0.1
+    supported = gap <= WITHIN and full["accuracy"] > baseline + 0.1
+    # LoRA r on q and v adds 2 * 2 * r * d weights per layer to about 12 d^2: a share near 2.7 / d of the
+    # blocks, so below 1% needs a width of about 256 or more (BERT-base: d = 768, 0.3%).
+    width_note = (
+        "below 1% as in the lecture"
+        if lora["trainable_pct"] < 1
+        else f"not below 1%: at width d={d_model} LoRA r=8 on q,v is 2*2*8*d weights per layer against "
+        "about 12*d*d, so under 1% needs d of about 256 or more (BERT-base, d=768: about 0.3%)"
     )
     return Result(
         NAME,
         TITLE,
         CLAIM,
-        setup="The GPT of experiment b with a linear classifier on the last token; "
+        setup="The BERT of experiment b with a linear classifier on the mean of its last hidden states; "
         f"{len(train_records)} labelled reviews, {steps} steps of 16 reviews, "
         f"dev set of {len(dev_records)}. Methods from plmkit.peft (apply_peft + mark_trainable; the "
-        "classifier trains in every method). At this width (d=128) LoRA's share of a matrix is "
-        "2r/d = 12.5%, so its share of the whole model is larger than at BERT-base width (d=768).",
-        result=f"full {full['accuracy']:.0%} ({full['trainable_pct']:.0f}% trained), "
-        f"LoRA {lora['accuracy']:.0%} ({lora['trainable_pct']:.2f}% trained); "
-        + ", ".join(f"{m} {v['accuracy']:.0%}" for m, v in metrics.items() if m not in ("full", "lora r=8"))
+        "classifier trains in every method); 'a few points' is taken as at most "
+        f"{WITHIN * 100:.0f} points.",
+        result=f"full {full['accuracy']:.0%} ({full['trainable_pct']:.0f}% trained, {full['seconds']:.0f}s), "
+        f"LoRA r=8 {lora['accuracy']:.0%} ({lora['trainable_pct']:.2f}% trained, {lora['seconds']:.0f}s; "
+        f"{gap * 100:+.1f} points behind full; share {width_note}); "
+        + ", ".join(
+            f"{m} {v['accuracy']:.0%} ({v['trainable_pct']:.2f}%)"
+            for m, v in metrics.items()
+            if m not in ("full", "lora r=8")
+        )
         + f"; majority class {baseline:.0%}.",
         supported=supported,
         metrics={**metrics, "majority_baseline": baseline},

@@ -152,8 +152,16 @@ def make_qa(world: World, n: int, rng: random.Random) -> list[dict[str, Any]]:
 # --- multi-step arithmetic ------------------------------------------------------------------------------
 
 
+# Quantities stay in 1..MAX_QUANTITY, so every step is a small addition or subtraction: each step alone is
+# easy to learn, while answering in one go still needs all of them composed.
+MAX_QUANTITY = 20
+
+
 def word_problem(world: World, rng: random.Random, steps: int) -> dict[str, Any]:
-    """A word problem needing `steps` additions/subtractions, with a GSM8K-style worked answer."""
+    """A word problem needing `steps` additions/subtractions, with a GSM8K-style worked answer.
+
+    Each solution line restates its sentence of the question before the arithmetic
+    ("She loses 2: 5 - 2 = 3."), as a worked solution written for a reader does."""
     p = rng.choice(world.people)
     item = rng.choice(lx.ITEMS)
     value = rng.randint(2, 9)
@@ -161,30 +169,27 @@ def word_problem(world: World, rng: random.Random, steps: int) -> dict[str, Any]
     lines = [f"{p.first} starts with {value} {item}."]
     for _ in range(steps):
         friend = rng.choice([q.first for q in world.people if q.first != p.first])
-        if value > 1 and rng.random() < 0.5:
+        if value > 1 and (value >= MAX_QUANTITY or rng.random() < 0.5):
             k = rng.randint(1, min(value - 1, 9))
-            question.append(
-                rng.choice(
-                    (
-                        f"{p.pronoun.capitalize()} gives {k} to {friend}.",
-                        f"{p.pronoun.capitalize()} loses {k}.",
-                    )
+            sentence = rng.choice(
+                (
+                    f"{p.pronoun.capitalize()} gives {k} to {friend}.",
+                    f"{p.pronoun.capitalize()} loses {k}.",
                 )
             )
-            lines.append(f"{value} - {k} = {value - k}.")
+            lines.append(f"{sentence[:-1]}: {value} - {k} = {value - k}.")
             value -= k
         else:
-            k = rng.randint(1, 9)
-            question.append(
-                rng.choice(
-                    (
-                        f"{friend} gives {p.pronoun == 'she' and 'her' or 'him'} {k} more.",
-                        f"{p.pronoun.capitalize()} buys {k} more.",
-                    )
+            k = rng.randint(1, min(9, MAX_QUANTITY - value))
+            sentence = rng.choice(
+                (
+                    f"{friend} gives {p.pronoun == 'she' and 'her' or 'him'} {k} more.",
+                    f"{p.pronoun.capitalize()} buys {k} more.",
                 )
             )
-            lines.append(f"{value} + {k} = {value + k}.")
+            lines.append(f"{sentence[:-1]}: {value} + {k} = {value + k}.")
             value += k
+        question.append(sentence)
     question.append(f"How many {item} does {p.first} have now?")
     answer = "\n".join(lines + [f"#### {value}"])
     return {"question": " ".join(question), "answer": answer, "steps": steps, "result": value}
