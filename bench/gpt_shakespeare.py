@@ -44,7 +44,7 @@ def main() -> None:
         cfg = parse(pretrain.Config, [
             "--config", str(REPO / "configs" / "gpt-shakespeare-char.yaml"),
             f"--data.train_files={tmp / 'train.txt'}", f"--data.val_files={tmp / 'val.txt'}",
-            "--data.eval_batches=1000", f"--train.max_steps={args.steps}",
+            "--data.eval_batches=1000", "--data.sampling=random_windows", f"--train.max_steps={args.steps}",
             f"--train.eval_every={args.eval_every}", f"--train.out_dir={tmp / 'run'}",
             "--train.checkpoint_every=0", "--no-train.progress", "--train.log_every=50",
         ])

@@ -83,3 +83,25 @@ def test_unknown_objective_and_family() -> None:
 def test_shipped_yaml_parses(path: Path) -> None:
     cfg = parse(pretrain.Config, ["--config", str(path)])
     assert cfg.model.family in pretrain.MODELS and cfg.objective in pretrain.OBJECTIVES
+
+
+def test_pretrain_clm_with_random_windows_lowers_loss(tmp_path) -> None:
+    import json
+
+    (tmp_path / "train.txt").write_text(TEXT)
+    cfg = parse(pretrain.Config, [
+        f"--data.train_files={tmp_path / 'train.txt'}", "--data.tokenizer=char", "--data.seq_len=32",
+        "--data.batch_size=8", "--data.sampling=random_windows", "--model.d_model=32", "--model.num_layers=2",
+        "--model.num_heads=2", "--model.max_positions=64", "--train.max_steps=30", "--train.lr=3e-3",
+        "--train.warmup_steps=0", "--no-train.progress", f"--train.out_dir={tmp_path / 'run'}",
+        "--train.checkpoint_every=0",
+    ])
+    pretrain.run(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_unknown_sampling_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="data.sampling='shuffled' is not one of packed, random_windows"):
+        pretrain.run(parse(pretrain.Config, ["--data.sampling=shuffled", "--data.train_files=x.txt"]))

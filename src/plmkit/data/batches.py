@@ -1,4 +1,5 @@
-"""The `Batches` protocol the training loop reads from, and `ShuffledBatches` for in-memory examples.
+"""The `Batches` protocol the training loop reads from, `ShuffledBatches` for in-memory examples and
+`RandomWindows` for causal-LM windows at random offsets of a token stream.
 
 A batch source is an endless stream: `next_batch()` never raises StopIteration, it moves on to the next
 epoch. Its position is a small dict (`state_dict`) saved in every checkpoint, so a resumed run sees
@@ -124,4 +125,97 @@ class ShuffledBatches:
                     "resume with the same data, seed and global batch size"
                 )
         self.epoch = int(state["epoch"])
+        self.index = int(state["index"])
+
+
+@runtime_checkable
+class TokenStream(Protocol):
+    """One flat array of token ids (a `TokenStore`): its length and contiguous reads."""
+
+    num_tokens: int
+
+    def read(self, start: int, length: int) -> Any: ...
+
+
+class RandomWindows:
+    """Causal-LM windows of `seq_len + 1` consecutive ids at uniformly random offsets of a token stream.
+
+    This is nanoGPT's `get_batch`: every step draws fresh start positions in `[0, num_tokens - T - 1]`
+    (T = seq_len), so a token is seen at every position of the window over the run, not at one fixed
+    phase as with packed windows. There are no epochs. Global batch `i` (G = batch_size * world_size
+    starts) is row `i % BLOCK` of a `(BLOCK, G)` draw from a generator seeded with `seed + i // BLOCK`,
+    and rank `r` takes starts `[r * batch_size, (r + 1) * batch_size)` of it; `index` is the whole
+    state, so a resumed run redraws exactly the same windows.
+    """
+
+    BLOCK = 1024  # batches per generator draw: one seeding per block keeps resume O(1)
+
+    def __init__(self, stream: TokenStream, seq_len: int, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if seq_len < 1 or batch_size < 1:
+            raise DataError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is outside world_size {world_size}")
+        if stream.num_tokens < seq_len + 1:
+            raise DataError(
+                f"token stream of {stream.num_tokens} tokens is shorter than one window "
+                f"of seq_len {seq_len} + 1"
+            )
+        self.stream = stream
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.index = 0
+        self._block: Tensor | None = None
+        self._block_id = -1
+
+    def starts(self) -> list[int]:
+        """Start offsets of the windows the next `next_batch` returns on this rank (without advancing)."""
+        block_id = self.index // self.BLOCK
+        if block_id != self._block_id:
+            generator = torch.Generator().manual_seed(self.seed + block_id)
+            high = self.stream.num_tokens - self.seq_len  # exclusive: the last window ends at num_tokens
+            self._block = torch.randint(0, high, (self.BLOCK, self.batch_size * self.world_size),
+                                        generator=generator)
+            self._block_id = block_id
+        assert self._block is not None
+        row = self._block[self.index % self.BLOCK]
+        return row[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].tolist()
+
+    def next_batch(self) -> dict[str, Tensor]:
+        starts = self.starts()
+        self.index += 1
+        T = self.seq_len
+        rows = [torch.as_tensor(self.stream.read(s, T + 1), dtype=torch.long) for s in starts]
+        tokens = torch.stack(rows)  # (B, T + 1)
+        return {
+            "input_ids": tokens[:, :-1].contiguous(),  # (B, T)
+            "labels": tokens[:, 1:].contiguous(),  # (B, T)
+            "attention_mask": torch.ones(len(starts), T, dtype=torch.long),  # (B, T)
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "seed": self.seed,
+            "num_tokens": self.stream.num_tokens,
+            "seq_len": self.seq_len,
+            "global_batch_size": self.batch_size * self.world_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        expected = {
+            "seed": self.seed,
+            "num_tokens": self.stream.num_tokens,
+            "seq_len": self.seq_len,
+            "global_batch_size": self.batch_size * self.world_size,
+        }
+        for key, value in expected.items():
+            if state.get(key) != value:
+                raise DataError(
+                    f"sampler state key {key!r} is {state.get(key)!r} but this run has {value!r}; "
+                    "resume with the same token store, seq_len, seed and global batch size"
+                )
         self.index = int(state["index"])

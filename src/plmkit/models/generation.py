@@ -144,7 +144,8 @@ def sample_tokens(
                     finished[row] = True
         if i == max_new_tokens - 1 or bool(finished.all()):
             break
-        seen[torch.arange(b, device=device), token] = True
+        if sampling.repetition_penalty != 1.0:
+            seen[torch.arange(b, device=device), token] = True
         logits = step_decode(token[:, None], None)
     return torch.stack(out, 1) if out else input_ids.new_zeros(b, 0)
 

@@ -56,6 +56,11 @@ class DataConfig:
     batch_size: int = field(default=16, metadata={"help": "windows per micro-batch"})
     store_dir: str = field(default="", metadata={"help": "token store location ('': <out_dir>/store)"})
     eval_batches: int = field(default=20, metadata={"help": "validation batches per evaluation"})
+    sampling: str = field(
+        default="packed",
+        metadata={"help": "training windows: packed (fixed, shuffled each epoch) or random_windows "
+                          "(fresh random offsets every step, as nanoGPT)"},
+    )
 
 
 @dataclass
@@ -179,6 +184,10 @@ OBJECTIVES: dict[str, Callable[[Any, int], Callable[[nn.Module, dict[str, torch.
 }
 
 
+# Training window samplers (data.sampling); validation always reads the packed windows in order.
+SAMPLINGS = ("packed", "random_windows")
+
+
 def _with_pair_head(cfg: Config, model: nn.Module) -> nn.Module:
     from plmkit.models.bert import with_pair_head
 
@@ -239,9 +248,12 @@ def evaluate_clm(model: nn.Module, batches: Any, num_batches: int) -> dict[str, 
 
 
 def run(cfg: Config) -> dict:
+    from plmkit.data.batches import RandomWindows
     from plmkit.data.store import PackedBatches
     from plmkit.interop.hf import FAMILIES, load, save_hf
 
+    if cfg.data.sampling not in SAMPLINGS:
+        raise ConfigError(f"data.sampling={cfg.data.sampling!r} is not one of {', '.join(SAMPLINGS)}")
     make_step = _choice("objective", cfg.objective, OBJECTIVES)
     build = _choice("model.family", cfg.model.family, MODELS)
     if not cfg.data.train_files:
@@ -263,7 +275,10 @@ def run(cfg: Config) -> dict:
     else:
         raise ConfigError("set train.out_dir or data.store_dir: the token store needs a directory")
     train_store = _store(cfg.data.train_files, tokenizer, store_root / "train", cfg.data.split)
-    batches = PackedBatches(train_store, cfg.data.seq_len, cfg.data.batch_size, seed=cfg.seed)
+    if cfg.data.sampling == "random_windows":
+        batches: Any = RandomWindows(train_store, cfg.data.seq_len, cfg.data.batch_size, seed=cfg.seed)
+    else:
+        batches = PackedBatches(train_store, cfg.data.seq_len, cfg.data.batch_size, seed=cfg.seed)
     eval_fn = None
     if cfg.data.val_files:
         val_store = _store(cfg.data.val_files, tokenizer, store_root / "val", cfg.data.split)
