@@ -50,6 +50,7 @@ def test_bidirectional_compares_equal_sized_models(ctx):
     assert abs(m["bert_params"] - m["gpt_params"]) / m["gpt_params"] < 0.1
     assert set(m["top1"]) < set(m["of5"]) and len(m["of5"]) == 3
     assert all(0.0 <= v <= 1.0 for v in [*m["top1"].values(), *m["of5"].values()])
+    assert 0.0 <= m["bert_top1_where_gpt_left_wrong"] <= 1.0
     assert 1.0 < m["gpt_perplexity"] < ctx.wordpiece().vocab_size * 2
     assert "BERT has no left-to-right distribution" in result.result
 
@@ -72,6 +73,10 @@ def test_masking_reports_reading_probe_and_downstream_scores(ctx):
     for probes in m["reading_accuracy"].values():
         assert set(probes) == {"[MASK]", "random token", "unchanged"}
     assert 0.0 < m["majority_baseline"] < 1.0
+    # The verdict is the conjunction of the claim's parts, each reported.
+    parts = ("reads_real_tokens_better_with_80_10_10", "finetune_within_5_points", "nsp_does_not_help")
+    assert result.supported == (all(m[p] for p in parts) and result.supported)
+    assert "Parts of the claim:" in result.result
 
 
 def test_compression_student_has_half_the_layers_and_fewer_parameters(ctx):

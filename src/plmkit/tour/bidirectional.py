@@ -65,7 +65,7 @@ def encoder_sizes(ctx: Context) -> EncoderSizes:
     # learn to attend to its neighbours by absolute position; Hugging Face's BertForMaskedLM behaves the
     # same on this data), while GPT leaves it at once (its own token predicts the next). So the encoders
     # get steps rather than width, at a constant lr; --quick stays on the plateau.
-    return EncoderSizes(steps=ctx.steps(1000, 300))
+    return EncoderSizes(steps=ctx.steps(1000, 120))
 
 
 def world_windows(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,6 +305,9 @@ def run(ctx: Context) -> Result:
         left_name: float((left_lp.gather(1, cands).argmax(-1) == 0).float().mean()),
         full_name: float((full.argmax(-1) == 0).float().mean()),
     }
+    # Where reading the right side should matter most: the blanks the left side alone gets wrong.
+    left_wrong = left_lp.argmax(-1) != answers
+    bert_where_left_wrong = float((bert_lp.argmax(-1) == answers)[left_wrong].float().mean())
     # The "majority" of a blank: always answering the held-out text's most common blanked word.
     baseline = majority_baseline(answers.tolist())
     _, dev_windows = world_windows(ctx)
@@ -343,7 +346,9 @@ def run(ctx: Context) -> Result:
         "likelihood of the whole sentence, which uses the right side at the price of one forward pass per "
         "candidate and a candidate list.",
         result=f"top-1 over the vocabulary: BERT {top1[bert_name]:.0%} vs GPT left-to-right "
-        f"{top1[left_name]:.0%} (always the most common blanked word: {baseline:.0%}); among 5 candidates: "
+        f"{top1[left_name]:.0%} (always the most common blanked word: {baseline:.0%}); on the "
+        f"{int(left_wrong.sum())} blanks GPT gets wrong from the left side, BERT fills "
+        f"{bert_where_left_wrong:.0%}; among 5 candidates: "
         + f"BERT {of5[bert_name]:.0%}, GPT left-to-right {of5[left_name]:.0%}, GPT scoring the 5 full "
         f"sentences {of5[full_name]:.0%} (chance 20%). Generation: GPT's held-out perplexity "
         f"{math.exp(gpt_loss):.1f} (loss {gpt_loss:.2f} nats/token); BERT has no left-to-right "
@@ -361,6 +366,7 @@ def run(ctx: Context) -> Result:
             "top1": top1,
             "of5": of5,
             "majority_baseline": baseline,
+            "bert_top1_where_gpt_left_wrong": bert_where_left_wrong,
             "chance_of5": 0.2,
             "gpt_heldout_loss": gpt_loss,
             "gpt_perplexity": math.exp(gpt_loss),

@@ -93,13 +93,13 @@ def distill(
 def run(ctx: Context) -> Result:
     tok = ctx.wordpiece()
     s = encoder_sizes(ctx)
-    bert, _ = pretrained_bert(ctx)
+    bert, bert_rec = pretrained_bert(ctx)
     albert, albert_rec = pretrained_albert(ctx)
     n_labels = ctx.steps(512, 256)
     train_f = encode_sentences(tok, make_task(ctx.world, "sentiment", "train", n_labels), True)
     dev_records = make_task(ctx.world, "sentiment", "dev", ctx.steps(500, 200))
     dev_f = encode_sentences(tok, dev_records, True)
-    steps = ctx.steps(120, 40)
+    steps = ctx.steps(200, 60)
     pad = tok.pad_id
 
     torch.manual_seed(ctx.seed)
@@ -164,7 +164,8 @@ def run(ctx: Context) -> Result:
         result=f"distilled student: {size_ratio:.0%} of the teacher's parameters, {score_ratio:.0%} of its "
         f"score ({distilled_acc:.0%} vs {teacher_acc:.0%}; the same student on labels only "
         f"{labels_only_acc:.0%}). ALBERT: {albert_ratio:.0%} of the parameters, {albert_acc:.0%} "
-        f"(majority class {baseline:.0%})."
+        f"(majority class {baseline:.0%}). Final MLM training loss: BERT {bert_rec['curve'][-1][1]:.2f}, "
+        f"ALBERT {albert_rec['curve'][-1][1]:.2f} (near 4 is the unigram plateau of experiment d)."
         + ("" if learned else " The teacher learned too little for the comparison to mean much."),
         supported=distill_ok and albert_ok and learned,
         metrics={
@@ -175,6 +176,7 @@ def run(ctx: Context) -> Result:
             "albert_parameter_ratio": albert_ratio,
             "majority_baseline": baseline,
             "distill_seconds": distill_seconds,
+            "final_mlm_loss": {"BERT": bert_rec["curve"][-1][1], "ALBERT": albert_rec["curve"][-1][1]},
         },
         tables=[
             table(

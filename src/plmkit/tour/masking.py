@@ -10,6 +10,7 @@ Three tiny BERTs of experiment d's shape train on the same windows for the same 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
@@ -105,6 +106,10 @@ def corrupted_token_accuracy(
     return float((logits.argmax(-1).cpu()[chosen] == labels[chosen]).float().mean())
 
 
+def yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
 def run(ctx: Context) -> Result:
     tok = ctx.wordpiece()
     s = encoder_sizes(ctx)
@@ -124,22 +129,37 @@ def run(ctx: Context) -> Result:
     dev_records = make_task(ctx.world, "sentiment", "dev", ctx.steps(500, 200))
     train_f = encode_sentences(tok, train_records, True)
     dev_f = encode_sentences(tok, dev_records, True)
-    steps = ctx.steps(120, 40)
+    steps = ctx.steps(200, 60)
     finetuned = {}
+    # Fine-tuning a tiny encoder on a few hundred labels moves by several points with the seed (head
+    # init and data order), so the full run averages two fine-tuning seeds per backbone.
+    seeds = [ctx.seed + k for k in range(ctx.steps(2, 1))]
+    by_seed: dict[str, list[float]] = {}
     for name, (model, _) in models.items():
-        torch.manual_seed(ctx.seed)
-        head = SequenceClassificationHead(s.d_model, 2, pooling="cls", activation="tanh", dropout=0.0)
-        task_model = TaskModel(copy.deepcopy(model.backbone), head)
-        finetuned[name], _ = finetune_classifier(ctx, task_model, train_f, dev_f, tok.pad_id, steps, 1e-3)
+        by_seed[name] = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            head = SequenceClassificationHead(s.d_model, 2, pooling="cls", activation="tanh", dropout=0.0)
+            task_model = TaskModel(copy.deepcopy(model.backbone), head)
+            acc, _ = finetune_classifier(
+                dataclasses.replace(ctx, seed=seed), task_model, train_f, dev_f, tok.pad_id, steps, 1e-3
+            )
+            by_seed[name].append(acc)
+        finetuned[name] = sum(by_seed[name]) / len(seeds)
     baseline = majority_baseline([r["label"] for r in dev_records])
     nsp_loss = models["80/10/10 + NSP"][1]["curve"]
     standard, masked_only, nsp = (reading[m] for m in MODELS)
+    # A model still on the unigram plateau (see bidirectional.encoder_sizes) predicts about the same at
+    # every target whatever it is shown: comparing it measures undertraining, not the corruption mix.
+    plateau = [m for m in MODELS if reading[m]["[MASK]"] < 0.25]
     reads_better = (
-        standard["random token"] > masked_only["random token"] + 0.05
+        "always [MASK]" not in plateau
+        and standard["random token"] > masked_only["random token"] + 0.05
         and standard["unchanged"] > masked_only["unchanged"] + 0.05
     )
+    finetune_close = abs(finetuned["80/10/10"] - finetuned["always [MASK]"]) <= 0.05
     nsp_no_help = finetuned["80/10/10 + NSP"] <= finetuned["80/10/10"] + 0.02
-    learned = finetuned["80/10/10"] > baseline + 0.1 and standard["[MASK]"] > 0.2
+    learned = finetuned["80/10/10"] > baseline + 0.1 and "80/10/10" not in plateau
     fig, ax = new_figure(6.5, 3.6)
     width = 0.25
     for i, name in enumerate(MODELS):
@@ -165,16 +185,26 @@ def run(ctx: Context) -> Result:
         + "; ".join(
             f"{m} " + " / ".join(f"{reading[m][p]:.0%}" for p in probes) for m in MODELS
         )
-        + ". Sentiment after fine-tuning: "
-        + ", ".join(f"{m} {finetuned[m]:.0%}" for m in MODELS)
+        + f". Sentiment after fine-tuning (mean of {len(seeds)} fine-tuning seed(s)): "
+        + ", ".join(f"{m} {finetuned[m]:.0%} ({' / '.join(f'{a:.0%}' for a in by_seed[m])})" for m in MODELS)
         + f" (majority class {baseline:.0%})."
-        + ("" if learned else " The 80/10/10 model learned too little for the comparison to mean much."),
-        supported=reads_better and nsp_no_help and learned,
+        + f" Parts of the claim: 80/10/10 reads real tokens better: {yes(reads_better)}; fine-tuning "
+        f"within 5 points: {yes(finetune_close)}; NSP does not help: {yes(nsp_no_help)}."
+        + (
+            f" Still on the unigram plateau after {s.steps} steps (under 25% at [MASK]): "
+            f"{', '.join(plateau)}; a comparison with it measures undertraining, not the ablation."
+            if plateau
+            else ""
+        ),
+        supported=reads_better and finetune_close and nsp_no_help and learned,
         metrics={
             "reading_accuracy": reading,
             "sentiment_accuracy": finetuned,
+            "sentiment_accuracy_by_seed": by_seed,
             "majority_baseline": baseline,
             "reads_real_tokens_better_with_80_10_10": reads_better,
+            "finetune_within_5_points": finetune_close,
+            "on_plateau": plateau,
             "nsp_does_not_help": nsp_no_help,
             "final_pretrain_loss": {m: models[m][1]["curve"][-1][1] for m in MODELS},
             "nsp_run_final_loss_mlm_plus_pair": nsp_loss[-1][1],
