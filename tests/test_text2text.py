@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import plmkit
+from plmkit import text2text as t2t
 from plmkit.config import parse
+from plmkit.data.store import PackedBatches, TokenStore
 from plmkit.data.text2text import (
     TaskSpec,
     Text2TextExample,
@@ -130,6 +132,8 @@ def test_pretrain_objective_loss_goes_down(objective: str, family: str, tmp_path
             f"--objective={objective}",
             f"--model.family={family}",
             f"--data.train_files={tmp_path / 'shake.txt'}",
+            f"--data.val_files={tmp_path / 'shake.txt'}",
+            "--data.eval_batches=1",
             "--data.tokenizer=char",
             "--data.split=file",
             "--data.seq_len=64",
@@ -148,7 +152,13 @@ def test_pretrain_objective_loss_goes_down(objective: str, family: str, tmp_path
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     first = next(r["loss"] for r in rows if r.get("split") == "train")
     assert summary["final_loss"] < 0.9 * first
-    assert plmkit.load(summary["hf_export"]).model.config.model_type == family
+    loaded = plmkit.load(summary["hf_export"])
+    assert loaded.model.config.model_type == family
+    # Validation is the seq2seq objective on fixed corruptions (seeded by --seed), not a causal-LM loss.
+    val = PackedBatches(TokenStore(tmp_path / "run" / "store" / "val"), 64, 8, seed=0, shuffle=False)
+    corrupt = t2t.CORRUPTIONS[objective](loaded.tokenizer)
+    expected = t2t.evaluate_seq2seq(loaded.model.eval(), val, 1, corrupt, seed=0)
+    assert summary["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-4)
 
 
 def test_finetune_text2text_loss_goes_down(tokenizer: Tokenizer, tmp_path: Path) -> None:
