@@ -1,11 +1,13 @@
 """The tour's own data plumbing: encoder windows, tagging alignment, completion-only labels, --threads."""
 
+import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from plmkit.cli import main
-from plmkit.tour.common import Context, masking_config, pack_documents
+from plmkit.tour.common import Context, masking_config, pack_documents, unigram_entropy
 from plmkit.tour.cot import DIRECT, WORKED, collate_completions, encode_problems
 from plmkit.tour.transfer import IGNORE, encode_tagged
 from plmkit.world import TAGS, World, make_task
@@ -66,3 +68,9 @@ def test_threads_option_is_checked(capsys):
     assert main(["tour", "--threads", "-1"]) == 2
     assert "--threads must be >= 0" in capsys.readouterr().err
 
+
+
+def test_unigram_entropy_is_the_loss_of_predicting_token_frequencies():
+    assert unigram_entropy(torch.tensor([[1, 1, 2, 2]])) == pytest.approx(math.log(2))
+    # Ignored ids (specials, padding) are not targets, so they do not count.
+    assert unigram_entropy(torch.tensor([[0, 0, 0, 1, 2, 3, 4]]), ignore=[0]) == pytest.approx(math.log(4))

@@ -199,6 +199,7 @@ def pretrain_gpt(ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
         "seconds": time.perf_counter() - start,
         "curve": [(row["step"], row["loss"]) for row in result.history if "loss" in row],
         "dev_loss": dev_loss,
+        "unigram_loss": unigram_entropy(torch.stack(train_windows)),
         "params": sum(p.numel() for p in model.parameters()),
         "train_tokens": len(train_windows) * block,
     }
@@ -289,6 +290,7 @@ def pretrain_bert(ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
         "seconds": time.perf_counter() - start,
         "curve": [(row["step"], row["loss"]) for row in result.history if "loss" in row],
         "dev_loss": dev_loss,
+        "unigram_loss": unigram_entropy(torch.tensor(train_docs), masking.special_ids),
         "params": sum(p.numel() for p in model.parameters()),
         "train_tokens": sum(len(d) for d in train_docs),
         "windows": len(train_docs),
@@ -297,6 +299,17 @@ def pretrain_bert(ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
 
 
 BERT_STEPS, BERT_QUICK_STEPS = 800, 150
+
+
+def unigram_entropy(ids: torch.Tensor, ignore: Sequence[int] = ()) -> float:
+    """Cross-entropy (nats/token) of always predicting the training token frequencies: the loss of a
+    model that has learned which tokens are common but uses no context at all."""
+    ids = ids.flatten()
+    if ignore:
+        ids = ids[~torch.isin(ids, torch.tensor(list(ignore)))]
+    probs = torch.bincount(ids).double() / ids.numel()
+    probs = probs[probs > 0]
+    return float(-(probs * probs.log()).sum())
 
 
 @torch.no_grad()

@@ -124,7 +124,9 @@ def run(ctx: Context) -> Result:
         TITLE,
         CLAIM,
         setup=f"The BERT of experiment b ({rec['params'] / 1e6:.2f}M parameters, MLM 80/10/10, "
-        f"{rec['steps']} steps) vs the same BertConfig freshly initialized; the same head initialization, "
+        f"{rec['steps']} steps, held-out masked-token loss {rec['dev_loss']:.2f} against "
+        f"{rec['unigram_loss']:.2f} for token frequencies without context) vs the same BertConfig freshly "
+        "initialized; the same head initialization, "
         f"{steps} AdamW steps of 16 examples at lr {LR} for both, on the first 32/128/512 training "
         f"examples. Sentiment: [CLS] classifier, accuracy on {len(sent_dev)} dev reviews. Tagging: IOB2 "
         f"(PER/LOC/ORG/MISC) on the first piece of each word, entity F1 on {len(tag_dev)} dev sentences "
