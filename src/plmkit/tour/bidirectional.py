@@ -194,7 +194,7 @@ def make_blanks(ctx: Context, tok: Tokenizer, n: int) -> list[Blank]:
     tokens on each side, and four distractor words drawn by frequency from the same held-out text."""
     rng = random.Random(f"blanks-{ctx.seed}")
     docs = ctx.world.corpus(max(200, n), seed=ctx.seed + 7919)  # paragraphs the models never saw
-    sentences = [s.strip() + "." for d in docs for s in d.split(". ") if len(s.split()) >= 6]
+    sentences = [s.strip().rstrip(".") + "." for d in docs for s in d.split(". ") if len(s.split()) >= 6]
     rng.shuffle(sentences)
     encoded = [tok.encode(s, add_special_tokens=False) for s in sentences]
 
