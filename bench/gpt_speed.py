@@ -5,7 +5,7 @@ causal-LM loss + backward + AdamW step; tokens/s. Generation: batch 1, a 16-toke
 greedy tokens with the KV cache; tokens/s against transformers' `generate` on the same weights.
 Runs alternate between the two libraries so machine noise hits both alike; the median is reported.
 
-    python bench/gpt_speed.py [--repeats 3] [--skip-train] [--skip-generate]
+    python bench/gpt_speed.py [--repeats 3] [--threads 1] [--skip-train] [--skip-generate]
 """
 
 from __future__ import annotations
@@ -170,9 +170,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for both libraries (0: torch's default); on a shared machine "
+                             "more than one mostly measures threads waiting for each other")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-generate", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {threads}")
     if not args.skip_generate:
