@@ -104,3 +104,19 @@ def test_prefix_slot_full_equals_cached_and_stays_causal(family: str) -> None:
         for block in model.backbone.layers:
             block.attn.prefix = None
         assert not torch.allclose(model(ids)[:, 0], full[:, 0])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_all_ones_mask_equals_no_mask_and_padding_still_masks(family: str) -> None:
+    # An unpadded mask takes SDPA's causal path; one padded row must still take the explicit mask.
+    model = models()[family].eval()
+    ids = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = model(ids)
+        torch.testing.assert_close(model(ids, torch.ones(2, 10, dtype=torch.long)), plain)
+        mask = torch.ones(2, 10, dtype=torch.long)
+        mask[1, :3] = 0
+        padded = model(ids, mask)
+        alone = model(ids[1:, 3:])
+    torch.testing.assert_close(padded[0], plain[0])
+    torch.testing.assert_close(padded[1, 3:], alone[0])
