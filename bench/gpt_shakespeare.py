@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; a model this small mostly waits on thread barriers with more")
+    parser.add_argument("--decay-embeddings", action="store_true",
+                        help="weight decay on the (tied) embedding matrix too, as nanoGPT does")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     text = DATA.read_text(encoding="utf-8")
@@ -84,6 +86,7 @@ def main() -> None:
             "--data.eval_batches=1000", "--data.sampling=random_windows", f"--train.max_steps={args.steps}",
             f"--train.eval_every={args.eval_every}", f"--train.out_dir={tmp / 'run'}",
             "--train.checkpoint_every=0", "--no-train.progress", "--train.log_every=50",
+            f"--train.decay_embeddings={args.decay_embeddings}",
         ])
         start = time.perf_counter()
         summary = pretrain.run(cfg)

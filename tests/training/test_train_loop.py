@@ -204,3 +204,13 @@ def test_every_config_field_has_help():
 
     for f in dataclasses.fields(TrainConfig):
         assert f.metadata.get("help"), f.name
+
+
+def test_decay_embeddings_moves_only_the_embedding_matrix_into_the_decayed_group():
+    model = _model()
+    names = {id(p): n for n, p in model.named_parameters()}
+    plain, _ = default_param_groups(model, weight_decay=0.1)
+    decay, no_decay = default_param_groups(model, weight_decay=0.1, decay_embeddings=True)
+    added = {names[id(p)] for p in decay["params"]} - {names[id(p)] for p in plain["params"]}
+    assert added == {"embed_tokens.weight"}
+    assert all(p.ndim < 2 or "norm" in names[id(p)] for p in no_decay["params"])

@@ -56,6 +56,9 @@ class TrainConfig:
     weight_decay: float = field(
         default=0.01, metadata={"help": "AdamW decay on matrices (never norms/biases/embeddings)"}
     )
+    decay_embeddings: bool = field(
+        default=False, metadata={"help": "also decay embedding matrices (nanoGPT does; tied heads included)"}
+    )
     betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "AdamW beta1, beta2"})
     eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warmup steps before the decay"})
@@ -366,7 +369,9 @@ def train(
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
     wrapped = distributed.wrap_model(model, cfg.fsdp)  # FSDP2 shards in place: the optimizer comes after
-    groups = param_groups if param_groups is not None else default_param_groups(model, cfg.weight_decay)
+    groups = param_groups if param_groups is not None else default_param_groups(
+        model, cfg.weight_decay, cfg.decay_embeddings
+    )
     optimizer = build_adamw(groups, cfg.lr, cfg.betas, cfg.eps)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if not params:

@@ -13,16 +13,20 @@ from torch import nn
 SCHEDULES = ("cosine", "linear", "constant")
 
 
-def no_decay_names(model: nn.Module) -> set[str]:
-    """Names of parameters that get no weight decay: biases, norm gains and embeddings.
+def no_decay_names(model: nn.Module, decay_embeddings: bool = False) -> set[str]:
+    """Names of parameters that get no weight decay: biases, norm gains and (unless `decay_embeddings`)
+    embeddings.
 
     Decay on a norm gain or bias pulls it towards 0, which is not a simpler function, and decay on an
     embedding row shrinks rare tokens the most (they get the fewest gradient updates to push back).
+    nanoGPT decays every matrix, embeddings included; `decay_embeddings=True` reproduces that.
     """
     names: set[str] = set()
     for module_name, module in model.named_modules():
         is_norm = "norm" in type(module).__name__.lower()
-        is_embedding = isinstance(module, nn.Embedding) or "embed" in module_name.split(".")[-1]
+        is_embedding = not decay_embeddings and (
+            isinstance(module, nn.Embedding) or "embed" in module_name.split(".")[-1]
+        )
         for param_name, param in module.named_parameters(recurse=False):
             full = f"{module_name}.{param_name}" if module_name else param_name
             if param.ndim < 2 or is_norm or is_embedding:
@@ -30,9 +34,11 @@ def no_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def default_param_groups(
+    model: nn.Module, weight_decay: float, decay_embeddings: bool = False
+) -> list[dict[str, Any]]:
     """Two AdamW groups over the trainable parameters: decayed matrices, and `no_decay_names` undecayed."""
-    skip = no_decay_names(model)
+    skip = no_decay_names(model, decay_embeddings)
     decay, no_decay = [], []
     for name, param in model.named_parameters():  # tied parameters appear once, under their first name
         if not param.requires_grad:
