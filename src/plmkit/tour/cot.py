@@ -37,6 +37,7 @@ CLAIM = (
 
 
 DIRECT, WORKED = "Answer:", "Solution:"
+Pair = tuple[list[int], list[int]]  # (prompt ids, completion ids)
 
 
 def completion(record: dict, prefix: str) -> str:
@@ -54,9 +55,6 @@ def encode_problems(tok: Tokenizer, records: list[dict]) -> list[Pair]:
     prompts = tok.encode_batch([p for p, _ in pairs], add_special_tokens=False)
     completions = tok.encode_batch([c for _, c in pairs], add_special_tokens=False)
     return [(p, c + [tok.eos_id]) for p, c in zip(prompts, completions)]
-
-
-Pair = tuple[list[int], list[int]]
 
 
 def collate_completions(pad_id: int) -> Callable[[list[Pair]], dict[str, torch.Tensor]]:

@@ -59,11 +59,11 @@ def run(ctx: Context) -> Result:
 
     # Sentiment: [CLS] review [SEP] -> the BERT classification head (dense + tanh on [CLS]).
     sent_train = make_task(world, "sentiment", "train")
-    sent_dev = make_task(world, "sentiment", "dev", ctx.steps(500, 200))
+    sent_dev = make_task(world, "sentiment", "dev", ctx.steps(500, 100))
     sent_dev_f = encode_sentences(tok, sent_dev, True)
     # Tagging: IOB2 tags on the first piece of every word; dev names come from a sibling world.
     tag_train = make_task(world, "tagging", "train")
-    tag_dev = make_task(world, "tagging", "dev", ctx.steps(500, 200))
+    tag_dev = make_task(world, "tagging", "dev", ctx.steps(500, 100))
     tag_dev_f = encode_tagged(tok, tag_dev)
     scores: dict[str, dict[str, dict[int, float]]] = {
         task: {"pretrained": {}, "random init": {}} for task in ("sentiment", "tagging")
@@ -157,7 +157,7 @@ def run(ctx: Context) -> Result:
     )
 
 
-FULL_STEPS, QUICK_STEPS = 80, 30
+FULL_STEPS, QUICK_STEPS = 80, 20
 LR = 1e-3
 
 
