@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from plmkit.objectives.mlm import mask_tokens
-from plmkit.tour import bidirectional, compression, masking
+from plmkit.tour import bidirectional, common, compression, masking
 from plmkit.tour.common import Context
 
-TINY = bidirectional.EncoderSizes(steps=12, batch=8)
+TINY = common.EncoderSizes(steps=12, d_model=64, batch=8, warmup=2)
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def ctx(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     patch = pytest.MonkeyPatch()
-    for module in (bidirectional, masking, compression):
+    for module in (common, bidirectional, masking, compression):
         patch.setattr(module, "encoder_sizes", lambda ctx: TINY)
     yield Context(seed=0, quick=True, work=tmp_path_factory.mktemp("tour"), log=lambda message: None)
     patch.undo()
@@ -57,7 +57,7 @@ def test_bidirectional_compares_equal_sized_models(ctx):
 
 def test_always_mask_step_never_shows_a_real_token_at_a_target(ctx):
     tok = ctx.wordpiece()
-    windows, _ = bidirectional.world_windows(ctx)
+    windows, _ = common.encoder_windows(ctx)
     always_mask = masking.masking(tok, 1.0, 0.0)
     masked, labels = mask_tokens(windows[:8], always_mask, torch.Generator().manual_seed(0))
     targets = labels != -100

@@ -1,40 +1,36 @@
 """d. Bidirectional vs left-to-right: a tiny BERT (MLM) and a tiny GPT (causal LM) of the same size, trained
 on the same world text for the same steps, fill a blank in the middle of a sentence; only GPT generates.
 
-The module also holds what experiments e and f share: the world text as WordPiece windows and the tiny
-BERT pretrained on them with plmkit's MLM recipe step (80/10/10 dynamic masking).
+The tiny BERT, its windows and sizes are the tour's shared ones (`plmkit.tour.common`), re-exported here
+for experiments e and f.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from plmkit.data.batches import ShuffledBatches
 from plmkit.data.tokenizer import Tokenizer
-from plmkit.models.bert import BertConfig, bert_mlm
 from plmkit.models.generation import generate
 from plmkit.models.gpt import GPT2Config, gpt2_lm
 from plmkit.objectives.clm import causal_lm_loss
-from plmkit.recipes.pretrain import make_mlm
 from plmkit.tour.common import (
     Context,
     Result,
-    device_step,
+    encoder_sizes,
+    encoder_windows,
     figure_png,
     majority_baseline,
     new_figure,
+    pretrain_encoder,
     table,
-    train_config,
 )
-from plmkit.training import StepOutput, train
+from plmkit.training import StepOutput
 
 NAME = "bidirectional"
 TITLE = "d. Bidirectional (BERT) vs left-to-right (GPT) of equal size"
@@ -43,115 +39,6 @@ CLAIM = (
     "of the same size predicting from the words before the blank, because it also reads the words after "
     "it; the left-to-right model in exchange generates text, which BERT cannot do."
 )
-
-
-# --- what d, e and f share: world text as WordPiece windows, tiny encoders, MLM pretraining ------------
-
-
-@dataclass(frozen=True)
-class EncoderSizes:
-    steps: int  # pretraining steps of every tiny encoder (and of d's GPT)
-    d_model: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    block: int = 32  # tokens per pretraining window: a world sentence or two
-    batch: int = 16
-    lr: float = 2e-3
-    schedule: str = "constant"  # a decaying lr lengthens the encoder's plateau (see encoder_sizes)
-
-
-def encoder_sizes(ctx: Context) -> EncoderSizes:
-    # A tiny post-LN BERT sits on a plateau near the unigram loss for its first ~600-800 steps (it must
-    # learn to attend to its neighbours by absolute position; Hugging Face's BertForMaskedLM behaves the
-    # same on this data), while GPT leaves it at once (its own token predicts the next). So the encoders
-    # get steps rather than width, at a constant lr; --quick stays on the plateau.
-    return EncoderSizes(steps=ctx.steps(1000, 120))
-
-
-def world_windows(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
-    """The world corpus as WordPiece ids, documents joined by [SEP], cut into windows of `block` tokens:
-    (train (N, block), held-out (M, block)). Every model of d, e and f trains on exactly these."""
-
-    def build() -> tuple[torch.Tensor, torch.Tensor]:
-        tok = ctx.wordpiece()
-        block = encoder_sizes(ctx).block
-        ids: list[int] = []
-        for doc in ctx.documents():
-            ids += tok.encode(doc, add_special_tokens=False) + [tok.sep_id]
-        n = len(ids) // block
-        windows = torch.tensor(ids[: n * block]).view(n, block)
-        split = max(1, n // 20)
-        return windows[split:], windows[:split]
-
-    return ctx.once("tour_wordpiece_windows", build)
-
-
-def with_cls(tok: Tokenizer, windows: torch.Tensor) -> torch.Tensor:
-    """[CLS] + the window minus its last token, so the encoder sees windows shaped like its inputs at
-    fine-tuning time ([CLS] first) at the same length."""
-    cls = torch.full((windows.shape[0], 1), tok.cls_id, dtype=windows.dtype)
-    return torch.cat([cls, windows[:, :-1]], dim=1)
-
-
-def bert_config(ctx: Context, vocab_size: int) -> BertConfig:
-    s = encoder_sizes(ctx)
-    return BertConfig(
-        vocab_size=vocab_size,
-        d_model=s.d_model,
-        num_layers=s.num_layers,
-        num_heads=s.num_heads,
-        max_positions=128,  # room for the longest world sentence at fine-tuning time
-        dropout=0.0,
-        attention_dropout=0.0,
-    )
-
-
-def pretrain(
-    ctx: Context,
-    model: nn.Module,
-    step: Callable[[nn.Module, dict], StepOutput],
-    inputs: list[torch.Tensor],
-    name: str,
-    lr: float | None = None,
-) -> dict[str, Any]:
-    """Train `model` on windows (each a dict-able row) with the plmkit loop; returns a training record.
-    Every model of d, e and f goes through here with the same steps, batch size, seed and schedule."""
-    s = encoder_sizes(ctx)
-    torch.manual_seed(ctx.seed)
-    batches = ShuffledBatches(inputs, _stack, batch_size=s.batch, seed=ctx.seed)
-    start = time.perf_counter()
-    result = train(
-        model.to(ctx.device),
-        device_step(step, ctx.device),
-        batches,
-        train_config(ctx, s.steps, lr or s.lr, name, weight_decay=0.01, schedule=s.schedule),
-    )
-    model.eval()
-    return {
-        "steps": s.steps,
-        "seconds": time.perf_counter() - start,
-        "curve": [(row["step"], row["loss"]) for row in result.history if "loss" in row],
-        "params": sum(p.numel() for p in model.parameters()),
-    }
-
-
-def _stack(rows: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {"input_ids": torch.stack(rows)}
-
-
-def pretrained_bert(ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
-    """The tiny BERT of d, e and f: MLM only, 80/10/10 dynamic masking, through the pretrain recipe's
-    MLM step (`plmkit.recipes.pretrain.make_mlm`)."""
-
-    def build() -> tuple[nn.Module, dict[str, Any]]:
-        tok = ctx.wordpiece()
-        train_windows, _ = world_windows(ctx)
-        torch.manual_seed(ctx.seed)
-        model = bert_mlm(bert_config(ctx, tok.vocab_size))
-        rows = list(with_cls(tok, train_windows))
-        return model, pretrain(ctx, model, make_mlm(tok, ctx.seed), rows, "bert-mlm")
-
-    return ctx.once("tour_bert_mlm_80_10_10", build)
 
 
 # --- d: the experiment ----------------------------------------------------------------------------------
@@ -167,7 +54,7 @@ def pretrained_gpt_wordpiece(ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
     """A GPT-2 of BERT's width, depth, heads and vocabulary, trained on the same windows."""
     s = encoder_sizes(ctx)
     tok = ctx.wordpiece()
-    train_windows, _ = world_windows(ctx)
+    train_windows, _ = encoder_windows(ctx)
     torch.manual_seed(ctx.seed)
     config = GPT2Config(
         vocab_size=tok.vocab_size,
@@ -178,7 +65,7 @@ def pretrained_gpt_wordpiece(ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
         dropout=0.0,
     )
     model = gpt2_lm(config)
-    return model, pretrain(ctx, model, gpt_step, list(train_windows), "gpt-wordpiece")
+    return model, pretrain_encoder(ctx, model, gpt_step, list(train_windows), "gpt-wordpiece")
 
 
 @dataclass
@@ -283,7 +170,7 @@ def heldout_loss(model: nn.Module, windows: torch.Tensor, device: str) -> float:
 def run(ctx: Context) -> Result:
     tok = ctx.wordpiece()
     s = encoder_sizes(ctx)
-    bert, bert_rec = pretrained_bert(ctx)
+    bert, bert_rec = ctx.pretrained_bert()
     gpt, gpt_rec = pretrained_gpt_wordpiece(ctx)
     blanks = make_blanks(ctx, tok, ctx.steps(300, 100))
     answers = torch.tensor([b.answer for b in blanks])
@@ -310,7 +197,7 @@ def run(ctx: Context) -> Result:
     bert_where_left_wrong = float((bert_lp.argmax(-1) == answers)[left_wrong].float().mean())
     # The "majority" of a blank: always answering the held-out text's most common blanked word.
     baseline = majority_baseline(answers.tolist())
-    _, dev_windows = world_windows(ctx)
+    _, dev_windows = encoder_windows(ctx)
     gpt_loss = heldout_loss(gpt, dev_windows, ctx.device)
     first_sentence = ctx.world.paragraph(random.Random(ctx.seed)).split(". ")[0]
     prompt = tok.encode(first_sentence, add_special_tokens=False)

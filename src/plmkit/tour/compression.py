@@ -21,7 +21,6 @@ from plmkit.models.heads import SequenceClassificationHead, TaskModel
 from plmkit.objectives.distillation import DistillationWeights
 from plmkit.recipes.distill import Distiller, count_parameters, make_step, student_from_teacher
 from plmkit.recipes.pretrain import make_mlm
-from plmkit.tour.bidirectional import encoder_sizes, pretrain, pretrained_bert, with_cls, world_windows
 from plmkit.tour.common import (
     Context,
     Result,
@@ -29,12 +28,16 @@ from plmkit.tour.common import (
     collate_classification,
     device_step,
     encode_sentences,
+    encoder_sizes,
+    encoder_windows,
     figure_png,
     finetune_classifier,
     majority_baseline,
     new_figure,
+    pretrain_encoder,
     table,
     train_config,
+    with_cls,
 )
 from plmkit.training import train
 from plmkit.world import make_task
@@ -59,7 +62,7 @@ def pretrained_albert(ctx: Context) -> tuple[nn.Module, dict]:
     """ALBERT of BERT's width and depth: one block shared by both layers, embeddings of width D/4."""
     s = encoder_sizes(ctx)
     tok = ctx.wordpiece()
-    train_windows, _ = world_windows(ctx)
+    train_windows, _ = encoder_windows(ctx)
     torch.manual_seed(ctx.seed)
     config = AlbertConfig(
         vocab_size=tok.vocab_size,
@@ -72,7 +75,8 @@ def pretrained_albert(ctx: Context) -> tuple[nn.Module, dict]:
         activation="gelu",
     )
     model = albert_mlm(config)
-    return model, pretrain(ctx, model, make_mlm(tok, ctx.seed), list(with_cls(tok, train_windows)), "albert")
+    rows = list(with_cls(tok, train_windows))
+    return model, pretrain_encoder(ctx, model, make_mlm(tok, ctx.seed), rows, "albert")
 
 
 def distill(
@@ -93,7 +97,7 @@ def distill(
 def run(ctx: Context) -> Result:
     tok = ctx.wordpiece()
     s = encoder_sizes(ctx)
-    bert, bert_rec = pretrained_bert(ctx)
+    bert, bert_rec = ctx.pretrained_bert()
     albert, albert_rec = pretrained_albert(ctx)
     n_labels = ctx.steps(512, 256)
     train_f = encode_sentences(tok, make_task(ctx.world, "sentiment", "train", n_labels), True)

@@ -20,23 +20,20 @@ from plmkit.models.bert import bert_mlm, with_pair_head
 from plmkit.models.heads import SequenceClassificationHead, TaskModel
 from plmkit.objectives.mlm import MaskingConfig, mask_tokens, mlm_loss
 from plmkit.recipes.pretrain import make_mlm
-from plmkit.tour.bidirectional import (
-    bert_config,
-    encoder_sizes,
-    pretrain,
-    pretrained_bert,
-    with_cls,
-    world_windows,
-)
 from plmkit.tour.common import (
     Context,
     Result,
+    bert_config,
     encode_sentences,
+    encoder_sizes,
+    encoder_windows,
     figure_png,
     finetune_classifier,
     majority_baseline,
     new_figure,
+    pretrain_encoder,
     table,
+    with_cls,
 )
 from plmkit.training import StepOutput, step_generator
 from plmkit.world import make_task
@@ -81,16 +78,18 @@ def make_mlm_step(cfg: MaskingConfig):  # noqa: ANN201 - a StepFn
 
 def pretrain_variants(ctx: Context) -> dict[str, tuple[nn.Module, dict[str, Any]]]:
     tok = ctx.wordpiece()
-    train_windows, _ = world_windows(ctx)
+    train_windows, _ = encoder_windows(ctx)
     rows = list(with_cls(tok, train_windows))
-    out = {"80/10/10": pretrained_bert(ctx)}
+    out = {"80/10/10": ctx.pretrained_bert()}
     torch.manual_seed(ctx.seed)
     model = bert_mlm(bert_config(ctx, tok.vocab_size))
-    out["always [MASK]"] = (model, pretrain(ctx, model, make_mlm_step(masking(tok, 1.0, 0.0)), rows, "mask"))
+    always_mask = make_mlm_step(masking(tok, 1.0, 0.0))
+    out["always [MASK]"] = (model, pretrain_encoder(ctx, model, always_mask, rows, "mask"))
     torch.manual_seed(ctx.seed)
     model = with_pair_head(bert_mlm(bert_config(ctx, tok.vocab_size)), "nsp")
     # The NSP step builds [CLS] A [SEP] B [SEP] from raw windows itself.
-    out["80/10/10 + NSP"] = (model, pretrain(ctx, model, make_mlm(tok, ctx.seed), list(train_windows), "nsp"))
+    nsp = pretrain_encoder(ctx, model, make_mlm(tok, ctx.seed), list(train_windows), "nsp")
+    out["80/10/10 + NSP"] = (model, nsp)
     return out
 
 
@@ -114,7 +113,7 @@ def run(ctx: Context) -> Result:
     tok = ctx.wordpiece()
     s = encoder_sizes(ctx)
     models = pretrain_variants(ctx)
-    _, dev_windows = world_windows(ctx)
+    _, dev_windows = encoder_windows(ctx)
     dev_rows = with_cls(tok, dev_windows)
     probes = {"[MASK]": (1.0, 0.0), "random token": (0.0, 1.0), "unchanged": (0.0, 0.0)}
     reading = {

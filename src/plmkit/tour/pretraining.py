@@ -58,12 +58,12 @@ def run(ctx: Context) -> Result:
         setup=f"GPT-2 architecture, {rec['params'] / 1e6:.2f}M parameters, BPE vocabulary {tok.vocab_size}, "
         f"blocks of 192 tokens, {rec['steps']} AdamW steps of 8 blocks on {rec['train_tokens']} tokens "
         f"({rec['seconds']:.0f}s). BERT architecture (post-LN encoder), {brec['params'] / 1e6:.2f}M "
-        f"parameters, WordPiece vocabulary {ctx.wordpiece().vocab_size}, windows of 128 tokens "
-        "(documents joined by [SEP]), "
+        f"parameters, WordPiece vocabulary {ctx.wordpiece().vocab_size}, windows of {brec['block']} tokens "
+        "of the world paragraphs (documents joined by [SEP]; without the GPT's sentiment episodes), "
         f"masked LM with 15% targets (80% [MASK], 10% random, 10% kept), dynamic masks, {brec['steps']} "
-        f"steps of 8 windows ({brec['seconds']:.0f}s). Fact probe: rank all {len(cities)} cities as "
-        f"the continuation of 'NAME lives in' for each of {len(people)} people (label-word scoring, "
-        "plmkit.prompting).",
+        f"steps of {brec['batch']} windows ({brec['seconds']:.0f}s). Fact probe: rank all {len(cities)} "
+        f"cities as the continuation of 'NAME lives in' for each of {len(people)} people (label-word "
+        "scoring, plmkit.prompting).",
         result=f"GPT held-out loss {rec['dev_loss']:.2f} nats/token vs {uniform:.2f} for a uniform guess and "
         f"{rec['unigram_loss']:.2f} for token frequencies without context; "
         f"city of a person: {acc:.0%} correct vs {baseline:.0%} for always naming the most common city; "

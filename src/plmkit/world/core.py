@@ -172,6 +172,9 @@ class World:
     def corpus(self, num_paragraphs: int, seed: int = 0) -> list[str]:
         """Unlabelled text: paragraphs about entities interleaved with product reviews and small stories.
 
+        The reviews are `tasks.corpus_review`: each ends with what the reviewer did afterwards, which the
+        labelled sentiment task never shows.
+
         Reviews and problems come from `tasks`, imported here because `tasks` imports this module.
         """
         from plmkit.world import tasks
@@ -183,7 +186,7 @@ class World:
             if r < 0.65:
                 out.append(self.paragraph(rng))
             elif r < 0.85:
-                out.append(" ".join(tasks.review(self, rng)[0] for _ in range(rng.randint(1, 3))))
+                out.append(" ".join(tasks.corpus_review(self, rng) for _ in range(rng.randint(2, 4))))
             else:
                 out.append(tasks.word_problem(self, rng, rng.randint(1, 3))["question"])
         return out

@@ -123,19 +123,34 @@ PRODUCTS = (
 HOBBIES = ("chess", "sailing", "gardening", "painting", "running", "baking", "fishing", "singing", "climbing")
 WEATHER = ("rainy", "sunny", "windy", "cold", "warm", "foggy")
 
-# Sentiment vocabulary: (word, polarity). Negation flips polarity ("not bad" is positive).
+# Sentiment vocabulary. Negation flips polarity ("not bad" is positive). The lists are long on purpose:
+# a few dozen labelled reviews show only a fraction of the words, so a classifier trained on them must
+# generalize to words it never saw labelled, which is what pretraining on the unlabelled reviews (where a
+# verdict reveals each word's polarity, see `corpus_review`) makes possible.
 POSITIVE_WORDS = (
-    "good",
-    "great",
-    "excellent",
-    "reliable",
-    "comfortable",
-    "sturdy",
-    "lovely",
-    "fast",
-    "quiet",
+    "good", "great", "excellent", "reliable", "comfortable", "sturdy", "lovely", "fast", "quiet", "solid",
+    "superb", "handy", "sleek", "elegant", "durable", "smooth", "bright", "clever", "perfect", "wonderful",
+    "brilliant", "pleasant", "charming", "robust", "efficient", "practical", "stylish", "neat", "fantastic",
+    "splendid", "delightful", "sharp", "compact", "gorgeous", "tidy", "precise", "cozy", "handsome", "nice",
+    "useful",
 )
-NEGATIVE_WORDS = ("bad", "terrible", "awful", "flimsy", "noisy", "slow", "broken", "ugly", "cheap")
+NEGATIVE_WORDS = (
+    "bad", "terrible", "awful", "flimsy", "noisy", "slow", "broken", "ugly", "cheap", "useless", "clumsy",
+    "shoddy", "faulty", "dull", "awkward", "horrible", "dreadful", "poor", "weak", "leaky", "wobbly",
+    "sticky", "greasy", "rusty", "dented", "scratched", "smelly", "lousy", "mediocre", "annoying", "fiddly",
+    "bulky", "dim", "loose", "sloppy", "crude", "nasty", "rough", "stiff", "dirty",
+)
+# What a reviewer did afterwards, as (positive, negative) pairs that share their frame, so the verdict's
+# polarity word ("five"/"one", "kept"/"sent") is predictable only from the review's words. Only the
+# unlabelled corpus has these: they tell a pretrained model which words go with which verdict, and never
+# give a labelled example's label.
+VERDICTS = (
+    ("{name} gave it five stars.", "{name} gave it one star."),
+    ("{name} kept it.", "{name} sent it back."),
+    ("{name} would buy it again.", "{name} would never buy it again."),
+    ("{name} was happy with it.", "{name} was angry about it."),
+    ("{name} told friends to buy one.", "{name} told friends to avoid it."),
+)
 INTENSIFIERS = ("very", "really", "quite", "rather")
 # Complaint phrases with an intensity word: "too slow", "too loud".
 TOO_WORDS = ("slow", "loud", "heavy", "small", "expensive", "fragile", "hot")
