@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import re
 import time
 from collections.abc import Callable
 
@@ -10,7 +10,9 @@ import torch
 
 from plmkit import generate
 from plmkit.data.batches import ShuffledBatches
-from plmkit.data.tokenizer import Tokenizer
+from plmkit.data.tokenizer import Tokenizer, train_tokenizer
+from plmkit.errors import DataError
+from plmkit.models.gpt import GPT2Config, gpt2_lm
 from plmkit.prompting import extract_answer, self_consistency
 from plmkit.tour.common import (
     Context,
@@ -26,8 +28,11 @@ from plmkit.tour.common import (
 from plmkit.training import train
 from plmkit.world import make_task
 
-FULL_STEPS, QUICK_STEPS = 400, 60
-LR = 1e-3
+FULL_STEPS, QUICK_STEPS = 900, 100
+BATCH = 32
+LR = 3e-3
+BLOCK = 128  # the longest prompt with its worked solution is about 70 problem-BPE tokens
+MAX_NEW = 40  # four equations of 6 tokens and the '#### N' line
 NAME = "cot"
 TITLE = "i. Chain-of-thought vs direct answers, and self-consistency"
 CLAIM = (
@@ -38,14 +43,37 @@ CLAIM = (
 
 DIRECT, WORKED = "Answer:", "Solution:"
 Pair = tuple[list[int], list[int]]  # (prompt ids, completion ids)
+EQUATION = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)")
+
+
+def worked_solution(record: dict) -> str:
+    """The world's GSM8K solution reduced to its equations, one short step per sentence of the question:
+    '5 - 2 = 3. 3 + 4 = 7.\\n#### 7'. Each step is a 2-operand sum within 1..20 whose first operand is the
+    previous result (copied from a few tokens back) and whose second is the next number of the question,
+    so a tiny model learns one small lookup per step instead of the whole computation in one pass."""
+    steps = EQUATION.findall(record["answer"])
+    if not steps:
+        raise DataError(f"arithmetic record has no 'a + b = c' step in its answer: {record['answer']!r}")
+    return " ".join(f"{a} {op} {b} = {c}." for a, op, b, c in steps) + f"\n#### {record['result']}"
 
 
 def completion(record: dict, prefix: str) -> str:
-    return f" {record['result']}" if prefix == DIRECT else f" {record['answer']}"
+    return f" {record['result']}" if prefix == DIRECT else f" {worked_solution(record)}"
 
 
 def prompt(record: dict, prefix: str) -> str:
     return f"Question: {record['question']}\n{prefix}"
+
+
+def problem_tokenizer(ctx: Context, records: list[dict]) -> Tokenizer:
+    """A BPE trained on the training problems in both formats: with the world tokenizer of experiment a,
+    numbers above 10 and the equation signs fall apart into pieces, so a step is no longer one token per
+    operand; here every quantity of 1..20 is a single token."""
+    path = ctx.work / "cot_problems.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    docs = [prompt(r, p) + completion(r, p) for r in records for p in (DIRECT, WORKED)]
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return train_tokenizer([path], kind="bpe", vocab_size=600)
 
 
 def encode_problems(tok: Tokenizer, records: list[dict]) -> list[Pair]:
@@ -76,18 +104,35 @@ def collate_completions(pad_id: int) -> Callable[[list[Pair]], dict[str, torch.T
     return collate
 
 
+def step_checks(record: dict, generated: str) -> tuple[int, int, int]:
+    """(steps compared, steps with the question's operator and operand, steps whose arithmetic holds)
+    between a generated solution and the gold one, step by step."""
+    gold, made = EQUATION.findall(worked_solution(record)), EQUATION.findall(generated)
+    pairs = list(zip(gold, made))
+    operand = sum((g[1], g[2]) == (m[1], m[2]) for g, m in pairs)
+    arithmetic = sum(int(m[3]) == int(m[0]) + (1 if m[1] == "+" else -1) * int(m[2]) for _, m in pairs)
+    return len(pairs), operand, arithmetic
+
+
 def run(ctx: Context) -> Result:
-    gpt, _ = ctx.pretrained_gpt()
-    tok = ctx.bpe()
     world = ctx.world
     train_set = make_task(world, "arithmetic", "train")
-    model = copy.deepcopy(gpt)
+    tok = problem_tokenizer(ctx, train_set)
+    split_numbers = [n for n in range(1, 21) if len(tok.encode(f" {n}", add_special_tokens=False)) != 1]
+    torch.manual_seed(ctx.seed)
+    # A separate GPT trained on the problems only, not the world GPT of b: the claim is about the answer
+    # format, and a model that never saw world prose learns the steps in fewer updates than one that
+    # must first unlearn b's tokenizer and text (see docs/tour.md).
+    config = GPT2Config(
+        vocab_size=tok.vocab_size, max_positions=BLOCK, d_model=128, num_layers=2, num_heads=4, dropout=0.0
+    )
+    model = gpt2_lm(config).to(ctx.device)
     steps = ctx.steps(FULL_STEPS, QUICK_STEPS)
     start = time.perf_counter()
-    train(
+    trained = train(
         model,
         device_step(clm_step, ctx.device),
-        ShuffledBatches(encode_problems(tok, train_set), collate_completions(tok.eos_id), 16, ctx.seed),
+        ShuffledBatches(encode_problems(tok, train_set), collate_completions(tok.eos_id), BATCH, ctx.seed),
         train_config(ctx, steps, LR, "cot", progress=True),
     )
     train_seconds = time.perf_counter() - start
@@ -96,11 +141,12 @@ def run(ctx: Context) -> Result:
     gold = [str(r["result"]) for r in test]
     eos = tok.eos_id
 
-    def answers(
+    def solve(
         prefix: str, max_new: int, samples: int = 1, temperature: float = 1.0
-    ) -> list[list[str | None]]:
+    ) -> tuple[list[list[str | None]], list[list[str]]]:
         prompts = [tok.encode(prompt(r, prefix), add_special_tokens=False) for r in test]
-        outs: list[list[str | None]] = [[] for _ in test]
+        answers: list[list[str | None]] = [[] for _ in test]
+        texts: list[list[str]] = [[] for _ in test]
         gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
         for _ in range(samples):
             new = generate(
@@ -114,16 +160,21 @@ def run(ctx: Context) -> Result:
                 generator=gen,
             )
             for i, row in enumerate(new.tolist()):
-                outs[i].append(extract_answer(tok.decode([t for t in row if t != eos])))
-        return outs
+                text = tok.decode([t for t in row if t != eos])
+                texts[i].append(text)
+                answers[i].append(extract_answer(text))
+        return answers, texts
 
-    direct_answers = [a[0] for a in answers(DIRECT, 4)]
-    # A worked solution of 4 steps, each restating its sentence, is about 80 tokens.
-    cot_answers = [a[0] for a in answers(WORKED, 96)]
+    direct_answers = [a[0] for a in solve(DIRECT, 4)[0]]
+    greedy, greedy_texts = solve(WORKED, MAX_NEW)
+    cot_answers = [a[0] for a in greedy]
     k = ctx.steps(5, 3)
-    sampled = answers(WORKED, 96, samples=k, temperature=0.7)
+    sampled = solve(WORKED, MAX_NEW, samples=k, temperature=0.7)[0]
     voted = [self_consistency(a) for a in sampled]
     single_sample = [a[0] for a in sampled]
+    checks = [step_checks(r, t[0]) for r, t in zip(test, greedy_texts)]
+    compared = max(1, sum(c[0] for c in checks))
+    operand_ok, arithmetic_ok = (sum(c[j] for c in checks) / compared for j in (1, 2))
 
     def acc(pred: list[str | None], rows: list[int] | None = None) -> float:
         idx = range(len(test)) if rows is None else rows
@@ -135,7 +186,9 @@ def run(ctx: Context) -> Result:
         by_steps[n] = {
             "direct": acc(direct_answers, rows),
             "cot": acc(cot_answers, rows),
+            "one_sample": acc(single_sample, rows),
             "self_consistency": acc(voted, rows),
+            "baseline": majority_baseline([gold[i] for i in rows]),
             "n": len(rows),
         }
     scores = {
@@ -153,29 +206,48 @@ def run(ctx: Context) -> Result:
     ax.set_ylabel("accuracy")
     ax.set_title(f"Multi-step problems (2-4 steps), self-consistency over {k} samples")
     ax.legend()
+    # Thresholds fixed before measuring: 5 points over direct answers; the vote no worse than one sample.
     supported = (
         scores["cot_greedy"] > scores["direct"] + 0.05
         and scores["self_consistency"] >= scores["cot_one_sample"]
     )
+    losses = [row["loss"] for row in trained.history if "loss" in row]
     return Result(
         NAME,
         TITLE,
         CLAIM,
-        setup=f"The GPT of experiment b (pretrained on world text), fine-tuned {steps} steps of 16 "
-        f"({train_seconds:.0f}s, loss on the completion only) on {len(train_set)} world word problems, each "
-        "once as 'Question ... Answer: N' and once as 'Question ... Solution: <steps> #### N', where "
-        "every step restates its sentence ('She loses 2: 5 - 2 = 3.'). Evaluated on "
-        f"{len(test)} unseen problems of 2-4 steps: greedy direct answer, greedy worked solution, and the "
-        f"majority of {k} solutions sampled at temperature 0.7 (plmkit.generate, plmkit.prompting).",
+        setup=f"A GPT (2 layers, d=128) trained from scratch {steps} steps of {BATCH} ({train_seconds:.0f}s, "
+        f"loss on the completion only) on the {len(train_set)} training word problems, each once as "
+        "'Question ... Answer: N' and once as 'Question ... Solution: 5 - 2 = 3. 3 + 4 = 7.\\n#### 7' (the "
+        "world's solution reduced to its equations), with a BPE trained on those problems "
+        f"({tok.vocab_size} tokens; quantities 1..20 that are not one token: {split_numbers or 'none'}). "
+        f"The same model answers both ways. Evaluated on {len(test)} unseen problems of 2-4 steps: greedy "
+        f"direct answer, greedy worked solution, one solution sampled at temperature 0.7, and the majority "
+        f"of {k} sampled solutions (plmkit.generate, plmkit.prompting).",
         result=f"direct {scores['direct']:.0%}, chain-of-thought {scores['cot_greedy']:.0%}, one sampled "
         f"solution {scores['cot_one_sample']:.0%}, self-consistency of {k} {scores['self_consistency']:.0%} "
-        f"(most common answer {baseline:.0%}).",
+        f"(most common answer {baseline:.0%}); greedy steps with the right operand {operand_ok:.0%}, with "
+        f"correct arithmetic {arithmetic_ok:.0%}.",
         supported=supported,
-        metrics={**scores, "majority_baseline": baseline, "by_steps": by_steps, "samples": k},
+        metrics={
+            **scores,
+            "majority_baseline": baseline,
+            "by_steps": by_steps,
+            "samples": k,
+            "step_operand_ok": operand_ok,
+            "step_arithmetic_ok": arithmetic_ok,
+            "train_seconds": train_seconds,
+            "final_loss": losses[-1] if losses else float("nan"),
+            "split_numbers": split_numbers,
+        },
         tables=[
             table(
-                ["steps", "problems", "direct", "chain-of-thought", "self-consistency"],
-                [[n, v["n"], v["direct"], v["cot"], v["self_consistency"]] for n, v in by_steps.items()],
+                ["steps", "problems", "most common answer", "direct", "chain-of-thought", "one sample",
+                 "self-consistency"],
+                [
+                    [n, v["n"], v["baseline"], v["direct"], v["cot"], v["one_sample"], v["self_consistency"]]
+                    for n, v in by_steps.items()
+                ],
             )
         ],
         plots={"cot": figure_png(fig)},
