@@ -1,11 +1,11 @@
-"""Experiments d (bidirectional), e (masking) and f (compression) on a tiny setting: they share one context,
-so the tiny BERT is pretrained once."""
+"""The encoder experiments (c transfer, d bidirectional, e masking, f compression, g PEFT) on a tiny setting:
+they share one context, so the one tour BERT is pretrained once."""
 
 import pytest
 import torch
 
 from plmkit.objectives.mlm import mask_tokens
-from plmkit.tour import bidirectional, common, compression, masking
+from plmkit.tour import bidirectional, common, compression, masking, peft_compare, transfer
 from plmkit.tour.common import Context
 
 TINY = common.EncoderSizes(steps=12, d_model=64, batch=8, warmup=2)
@@ -88,3 +88,41 @@ def test_compression_student_has_half_the_layers_and_fewer_parameters(ctx):
     assert params["ALBERT"] < params["BERT teacher"]
     assert m["size_ratio"] == pytest.approx(params["student, distilled"] / params["BERT teacher"])
     assert "| student, distilled | 1 |" in result.tables[0]
+
+
+def test_one_bert_pretrained_on_world_paragraphs_without_labelled_episodes(ctx):
+    tok = ctx.wordpiece()
+    bert, rec = ctx.pretrained_bert()
+    assert bert.backbone.config.d_model == TINY.d_model and rec["block"] == TINY.block
+    train_windows, _ = common.encoder_windows(ctx)
+    assert rec["windows"] == train_windows.shape[0] and train_windows.shape[1] == TINY.block
+    text = tok.decode(train_windows[:200].flatten().tolist())
+    assert "Sentiment" not in text  # the GPT corpus's formatted, labelled episodes are left out
+    assert "Sentiment:" in ctx.corpus_file().read_text()
+    assert rec["unigram_loss"] < rec["curve"][0][1]  # the first steps sit above token frequencies
+
+
+def test_transfer_compares_the_same_heads_from_both_starting_points(ctx):
+    result = transfer.run(ctx)
+    check_result(result, "transfer")
+    m = result.metrics
+    for task in ("sentiment", "tagging"):
+        for n in transfer.LABELS:
+            pre, rnd = m["scores"][task]["pretrained"][n], m["scores"][task]["random init"][n]
+            assert m["gap"][task][n] == pytest.approx(pre - rnd)
+    gaps = m["gap"]
+    expected = all(g[32] >= 0.05 and sum(g.values()) / 3 >= 0.05 for g in gaps.values())
+    assert result.supported == expected
+
+
+def test_peft_reports_the_real_trainable_share(ctx):
+    result = peft_compare.run(ctx)
+    check_result(result, "peft")
+    m = result.metrics
+    d = TINY.d_model
+    lora = 2 * 2 * 8 * d * TINY.num_layers  # r=8: A (r x d) and B (d x r) on q and v in every layer
+    head = d * 2 + 2  # the linear classifier every method trains
+    backbone = sum(p.numel() for p in ctx.pretrained_bert()[0].backbone.parameters())
+    assert m["full"]["trainable_pct"] == pytest.approx(100.0)
+    assert m["lora r=8"]["trainable_pct"] == pytest.approx(100 * (lora + head) / (backbone + lora + head))
+    assert ("not below 1%" in result.result) == (m["lora r=8"]["trainable_pct"] >= 1)

@@ -168,3 +168,42 @@ def test_tagging_test_sentences_are_not_training_sentences():
     sentiment_train = {r["sentence"] for r in make_task(w, "sentiment", "train")}
     sentiment_test = make_task(w, "sentiment", "test")
     assert sum(r["sentence"] in sentiment_train for r in sentiment_test) / len(sentiment_test) < 0.1
+
+
+def test_few_labels_leave_most_sentiment_words_unseen():
+    from plmkit.world.lexicon import NEGATIVE_WORDS, POSITIVE_WORDS
+
+    assert len(set(POSITIVE_WORDS)) == len(POSITIVE_WORDS) >= 30
+    assert len(set(NEGATIVE_WORDS)) == len(NEGATIVE_WORDS) >= 30
+    assert not set(POSITIVE_WORDS) & set(NEGATIVE_WORDS)
+    w = World(0)
+    lexicon = set(POSITIVE_WORDS) | set(NEGATIVE_WORDS)
+
+    def words(records):
+        tokens = (t for r in records for t in r["sentence"].rstrip(".").replace(":", " ").split())
+        return {t for t in tokens if t in lexicon}
+
+    seen = words(make_task(w, "sentiment", "train", 32))
+    dev = make_task(w, "sentiment", "dev", 200)
+    unseen = [r for r in dev if words([r]) and not words([r]) & seen]
+    assert len(seen) < 0.5 * len(lexicon) and len(unseen) > 0.3 * len(dev)
+
+
+def test_corpus_reviews_reveal_polarity_and_labelled_reviews_never_do():
+    from plmkit.world.lexicon import NEGATIVE_WORDS, POSITIVE_WORDS, VERDICTS
+    from plmkit.world.tasks import corpus_review
+
+    w, rng = World(0), random.Random(0)
+    for _ in range(300):
+        head, verdict = corpus_review(w, rng).rstrip(".").split(", ")
+        verdict_word, by, name = verdict.split()
+        assert by == "by" and name in {p.first for p in w.people}
+        positive = verdict_word in {good for good, _ in VERDICTS}
+        assert positive or verdict_word in {bad for _, bad in VERDICTS}
+        words = [t for t in head.split(": it is ")[1].split() if t in POSITIVE_WORDS + NEGATIVE_WORDS]
+        assert words and all(t in (POSITIVE_WORDS if positive else NEGATIVE_WORDS) for t in words)
+    corpus = " ".join(w.corpus(200))
+    verdict_words = {v for pair in VERDICTS for v in pair}
+    assert verdict_words & set(corpus.replace(",", " ").split())
+    labelled = {t for r in make_task(w, "sentiment", "train") for t in r["sentence"].rstrip(".").split()}
+    assert not labelled & verdict_words and "by" not in labelled

@@ -53,7 +53,7 @@ def run(ctx: Context) -> Result:
     train_records = make_task(world, "sentiment", "train", ctx.steps(512, 256))
     dev_records = make_task(world, "sentiment", "dev", ctx.steps(500, 200))
     train_f, dev_f = encode_sentences(tok, train_records, True), encode_sentences(tok, dev_records, True)
-    steps = ctx.steps(80, 30)
+    steps = ctx.steps(200, 30)
     rows, metrics = [], {}
     for method, (spec, lr) in METHODS.items():
         # A linear classifier on the mean of the last hidden states: tiny, so it hardly moves the shares,

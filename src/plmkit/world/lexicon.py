@@ -140,16 +140,16 @@ NEGATIVE_WORDS = (
     "sticky", "greasy", "rusty", "dented", "scratched", "smelly", "lousy", "mediocre", "annoying", "fiddly",
     "bulky", "dim", "loose", "sloppy", "crude", "nasty", "rough", "stiff", "dirty",
 )
-# What a reviewer did afterwards, as (positive, negative) pairs that share their frame, so the verdict's
-# polarity word ("five"/"one", "kept"/"sent") is predictable only from the review's words. Only the
-# unlabelled corpus has these: they tell a pretrained model which words go with which verdict, and never
-# give a labelled example's label.
+# What a reviewer did, as (positive, negative) pairs of single words that fill the same slot right after
+# the review's words ("it is sturdy, kept by Nina"), so the verdict is predictable only from those words
+# and always at the same distance from them. Only the unlabelled corpus has these: they tell a pretrained
+# model which words go with which verdict, and never give a labelled example's label.
 VERDICTS = (
-    ("{name} gave it five stars.", "{name} gave it one star."),
-    ("{name} kept it.", "{name} sent it back."),
-    ("{name} would buy it again.", "{name} would never buy it again."),
-    ("{name} was happy with it.", "{name} was angry about it."),
-    ("{name} told friends to buy one.", "{name} told friends to avoid it."),
+    ("loved", "hated"),
+    ("praised", "criticized"),
+    ("kept", "returned"),
+    ("recommended", "regretted"),
+    ("enjoyed", "disliked"),
 )
 INTENSIFIERS = ("very", "really", "quite", "rather")
 # Complaint phrases with an intensity word: "too slow", "too loud".

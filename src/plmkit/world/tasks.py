@@ -61,28 +61,22 @@ def review(world: World, rng: random.Random) -> tuple[str, int]:
 
 
 def corpus_review(world: World, rng: random.Random) -> str:
-    """An unlabelled review for the corpus: words of one polarity and what the reviewer did afterwards.
+    """An unlabelled review for the corpus: words of one polarity and what the reviewer did.
 
-    "The Kestrel kettle: it is very sturdy. Nina gave it five stars." Labelled reviews (`review`) never
-    carry a verdict. Here the verdict's polarity word is predictable only from the review's words, so a
-    model trained on raw text must learn each word's polarity (the distributional signal that lets
-    pretraining transfer to words a few labels never showed). Some reviews add a negated word of the other
-    polarity ("it is not noisy"), so the corpus also shows what "not" does.
+    "The Kestrel kettle: it is very sturdy, kept by Nina." Labelled reviews (`review`) never carry a
+    verdict. Here the verdict word ("kept"/"returned") is predictable only from the review's words, and it
+    sits right after them, so even a barely trained model, which attends by distance before it attends by
+    content, is pushed to learn each word's polarity (the distributional signal that lets pretraining
+    transfer to words a few labels never showed).
     """
     positive = rng.random() < 0.5
-    own, other = (
-        (lx.POSITIVE_WORDS, lx.NEGATIVE_WORDS) if positive else (lx.NEGATIVE_WORDS, lx.POSITIVE_WORDS)
-    )
     org = rng.choice(world.orgs)
     thing = f"The {org.name.split()[0]} {rng.choice(lx.PRODUCTS)}"
-    words = rng.sample(own, rng.randint(1, 2))
+    words = rng.sample(lx.POSITIVE_WORDS if positive else lx.NEGATIVE_WORDS, rng.randint(1, 2))
     if rng.random() < 0.4:
         words[0] = f"{rng.choice(lx.INTENSIFIERS)} {words[0]}"
-    text = f"{thing}: it is {' and '.join(words)}."
-    if rng.random() < 0.2:
-        text += f" It is not {rng.choice(other)}."
     verdict = rng.choice(lx.VERDICTS)[0 if positive else 1]
-    return text + " " + verdict.format(name=rng.choice(world.people).first)
+    return f"{thing}: it is {' and '.join(words)}, {verdict} by {rng.choice(world.people).first}."
 
 
 def make_sentiment(world: World, n: int, rng: random.Random) -> list[dict[str, Any]]:
