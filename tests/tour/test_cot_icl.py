@@ -6,7 +6,13 @@ import pytest
 
 from plmkit.errors import DataError
 from plmkit.prompting import extract_answer
-from plmkit.tour.common import Context
+from plmkit.tour.common import (
+    EXTRA_EPISODES_SEED,
+    REVIEW_TEMPLATE,
+    VERBALIZER_SETS,
+    Context,
+    icl_episodes,
+)
 from plmkit.tour.cot import EQUATION, problem_tokenizer, step_checks, worked_solution
 from plmkit.world import World, make_task
 
@@ -49,3 +55,23 @@ def test_step_checks_count_operands_and_arithmetic_separately():
     # First step: wrong operand, but its arithmetic holds.
     assert step_checks(record, "5 - 1 = 4.\n#### 4") == (1, 0, 1)
     assert step_checks(record, "#### 6") == (0, 0, 0)
+
+
+def test_icl_episodes_keep_one_label_pair_and_the_reviews_labels():
+    assert REVIEW_TEMPLATE == "Review: {sentence}\nSentiment:{label}"
+    world = World(0)
+    labels = {r["sentence"]: r["label"] for r in make_task(world, "sentiment", "train")}
+    shared = icl_episodes(world, 50, seed=0)
+    extra = icl_episodes(world, 50, seed=EXTRA_EPISODES_SEED)
+    assert shared != extra  # the GPT's own episodes are other draws
+    for doc in shared + extra:
+        lines = doc.split("\n")
+        reviews, verdicts = lines[0::2], lines[1::2]
+        assert 1 <= len(reviews) == len(verdicts) <= 8
+        assert all(r.startswith("Review: ") for r in reviews)
+        assert all(v.startswith("Sentiment:") for v in verdicts)
+        words = [v[len("Sentiment:") :] for v in verdicts]
+        pairs = [s for s, pair in enumerate(VERBALIZER_SETS) if set(words) <= set(pair)]
+        assert len(pairs) == 1  # one label-word pair per episode
+        for review, word in zip(reviews, words):
+            assert VERBALIZER_SETS[pairs[0]][labels[review[len("Review: ") :]]] == word
