@@ -82,6 +82,22 @@ def test_schedule_golden_values():
     assert [row["lr"] for row in result.history] == pytest.approx([0.02 * f for f in cosine])
 
 
+def test_wsd_holds_the_peak_then_decays_linearly_over_the_last_fraction():
+    kw = dict(warmup_steps=2, max_steps=12, min_lr_ratio=0.0, decay_fraction=0.3)
+    wsd = [lr_factor(s, schedule="wsd", **kw) for s in range(12)]
+    # 10 steps after warmup, 3 of them decaying: the last step reaches min_lr_ratio.
+    assert wsd == pytest.approx([0.5] + [1.0] * 8 + [2 / 3, 1 / 3, 0.0])
+    floor = [lr_factor(s, schedule="wsd", **{**kw, "min_lr_ratio": 0.1}) for s in range(12)]
+    assert floor[-1] == pytest.approx(0.1) and floor[8] == 1.0
+    result = train(
+        _model(), step_fn, _batches(8),
+        _cfg(max_steps=12, warmup_steps=2, lr=0.02, schedule="wsd", decay_fraction=0.3, min_lr_ratio=0.0),
+    )
+    assert [row["lr"] for row in result.history] == pytest.approx([0.02 * f for f in wsd])
+    with pytest.raises(ConfigError, match="decay_fraction"):
+        TrainConfig(schedule="wsd", decay_fraction=0.0)
+
+
 def test_no_weight_decay_on_norms_biases_embeddings_and_frozen_params_left_out():
     model = _model()
     model.layers[1].up_proj.weight.requires_grad_(False)

@@ -63,7 +63,10 @@ class TrainConfig:
     eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warmup steps before the decay"})
     schedule: str = field(
-        default="cosine", metadata={"help": "lr decay after warmup: cosine, linear or constant"}
+        default="cosine", metadata={"help": "lr decay after warmup: cosine, linear, constant or wsd"}
+    )
+    decay_fraction: float = field(
+        default=0.2, metadata={"help": "wsd: share of the steps after warmup spent decaying (at the end)"}
     )
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     clip_norm: float = field(default=1.0, metadata={"help": "clip the global gradient norm to this (0: off)"})
@@ -111,6 +114,7 @@ class TrainConfig:
             ("eps", self.eps > 0, "must be > 0"),
             ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
             ("schedule", self.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
+            ("decay_fraction", 0.0 < self.decay_fraction <= 1.0, "must be in (0, 1]"),
             ("grad_accum", self.grad_accum >= 1, "must be >= 1"),
             ("clip_norm", self.clip_norm >= 0, "must be >= 0"),
             ("precision", self.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
@@ -382,6 +386,7 @@ def train(
         warmup_steps=cfg.warmup_steps,
         max_steps=cfg.max_steps,
         min_lr_ratio=cfg.min_lr_ratio,
+        decay_fraction=cfg.decay_fraction,
     )
     device_type = params[0].device.type
     scaler = torch.amp.GradScaler(device_type, enabled=cfg.precision == "fp16")

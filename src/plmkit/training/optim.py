@@ -1,4 +1,5 @@
-"""AdamW with weight decay only on matrices; warmup + cosine / linear / constant learning-rate schedules."""
+"""AdamW with weight decay only on matrices; warmup + cosine / linear / constant / warmup-stable-decay
+learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
 
 
 def no_decay_names(model: nn.Module, decay_embeddings: bool = False) -> set[str]:
@@ -68,16 +69,34 @@ def build_adamw(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kind)
 
 
-def lr_factor(step: int, *, schedule: str, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+def lr_factor(
+    step: int,
+    *,
+    schedule: str,
+    warmup_steps: int,
+    max_steps: int,
+    min_lr_ratio: float,
+    decay_fraction: float = 0.2,
+) -> float:
     """Multiplier of the peak learning rate for optimizer step `step` (0-based).
 
     Linear warmup reaches the peak at step `warmup_steps - 1` (it starts at 1/warmup, not 0, so no step is
-    wasted), then decays to `min_lr_ratio * lr` at the last step `max_steps - 1`.
+    wasted), then decays to `min_lr_ratio * lr` at the last step `max_steps - 1`. "wsd" (warmup-stable-
+    decay, Hu et al. 2024 / Hägele et al. 2024) holds the peak and decays linearly over only the last
+    `decay_fraction` of the steps: a model that needs a long phase at a high lr (a post-LN encoder leaving
+    its unigram plateau) gets it, and still ends with the low-lr phase that a decaying schedule buys.
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
+    if schedule == "wsd":
+        decay_steps = max(1, round(decay_fraction * (max_steps - warmup_steps)))
+        start = max_steps - 1 - decay_steps
+        if step <= start:
+            return 1.0
+        remaining = max(0.0, 1.0 - (step - start) / decay_steps)
+        return min_lr_ratio + (1.0 - min_lr_ratio) * remaining
     decay_steps = max(1, max_steps - 1 - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     if schedule == "cosine":
@@ -90,7 +109,13 @@ def lr_factor(step: int, *, schedule: str, warmup_steps: int, max_steps: int, mi
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, *, schedule: str, warmup_steps: int, max_steps: int, min_lr_ratio: float
+    optimizer: torch.optim.Optimizer,
+    *,
+    schedule: str,
+    warmup_steps: int,
+    max_steps: int,
+    min_lr_ratio: float,
+    decay_fraction: float = 0.2,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR over `lr_factor`; its state (last_epoch) is the number of optimizer steps taken."""
     factor = partial(
@@ -99,5 +124,6 @@ def build_scheduler(
         warmup_steps=warmup_steps,
         max_steps=max_steps,
         min_lr_ratio=min_lr_ratio,
+        decay_fraction=decay_fraction,
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
