@@ -110,6 +110,9 @@ def test_transfer_compares_the_same_heads_from_both_starting_points(ctx):
         for n in transfer.LABELS:
             pre, rnd = m["scores"][task]["pretrained"][n], m["scores"][task]["random init"][n]
             assert m["gap"][task][n] == pytest.approx(pre - rnd)
+            runs = m["per_seed"][task]["pretrained"][n]
+            assert len(runs) == len(m["finetune_seeds"]) and pre == pytest.approx(sum(runs) / len(runs))
+    assert m["finetune_seeds"] == [0]  # --quick: one fine-tuning seed; the full tour averages three
     gaps = m["gap"]
     expected = all(g[32] >= 0.05 and sum(g.values()) / 3 >= 0.05 for g in gaps.values())
     assert result.supported == expected

@@ -202,7 +202,7 @@ def test_fresh_run_refuses_an_out_dir_that_holds_a_run(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"schedule": "cos"}, "TrainConfig.schedule='cos': must be one of cosine, linear, constant"),
+        ({"schedule": "cos"}, "TrainConfig.schedule='cos': must be one of cosine, linear, constant, wsd"),
         ({"precision": "fp8"}, "TrainConfig.precision='fp8': must be one of fp32, bf16, fp16"),
         ({"grad_accum": 0}, "TrainConfig.grad_accum=0: must be >= 1"),
         ({"nan_policy": "ignore"}, "TrainConfig.nan_policy='ignore': must be one of stop, skip"),

@@ -88,12 +88,12 @@ def run(ctx: Context) -> Result:
                 head = fresh_head(seed, lambda: mean_pooled_classifier(config.d_model))
                 acc, secs = finetune_classifier(
                     run_ctx, TaskModel(backbone(init, seed), head), sent_train_f, sent_dev_f, tok.pad_id,
-                    steps, LR,
+                    steps, LRS[init],
                 )
                 per_seed["sentiment"][init].setdefault(n, []).append(acc)
                 head = fresh_head(seed, lambda: TokenClassificationHead(config.d_model, len(TAGS)))
                 tagger = TaskModel(backbone(init, seed), head)
-                f1, secs2 = finetune_tagger(run_ctx, tagger, tag_train_f, tag_dev_f, tok, steps)
+                f1, secs2 = finetune_tagger(run_ctx, tagger, tag_train_f, tag_dev_f, tok, steps, LRS[init])
                 per_seed["tagging"][init].setdefault(n, []).append(f1)
                 seconds[f"{init} {n}"] += secs + secs2
             for task in scores:
@@ -143,7 +143,8 @@ def run(ctx: Context) -> Result:
         f"{rec['steps']} steps, held-out masked-token loss {rec['dev_loss']:.2f} against "
         f"{rec['unigram_loss']:.2f} for token frequencies without context) vs the same BertConfig freshly "
         "initialized; the same head initialization, "
-        f"{steps} AdamW steps of 16 examples at lr {LR} for both, on the first 32/128/512 training "
+        f"{steps} AdamW steps of 16 examples (lr {LRS['pretrained']:g} pretrained, "
+        f"{LRS['random init']:g} random init), on the first 32/128/512 training "
         f"examples; every score is the mean over {len(seeds)} fine-tuning seed(s) (head init, batch order, "
         "and the random init itself). Sentiment: linear classifier on the mean of the last hidden states, "
         f"accuracy on {len(sent_dev)} dev reviews. Tagging: IOB2 "
@@ -183,7 +184,7 @@ FINETUNE_SEEDS = 3
 
 def mean_pooled_classifier(d_model: int) -> nn.Module:
     return SequenceClassificationHead(d_model, 2, pooling="mean", activation=None, dropout=0.0)
-LR = 1e-3
+LRS = {"pretrained": 1e-3, "random init": 1e-3}
 
 
 # --- token classification -----------------------------------------------------------------------------
@@ -249,6 +250,7 @@ def finetune_tagger(
     dev_features: list[dict[str, Any]],
     tokenizer: Tokenizer,
     steps: int,
+    lr: float,
 ) -> tuple[float, float]:
     """Train with the plmkit loop; returns (dev entity F1, seconds)."""
     start = time.perf_counter()
@@ -259,7 +261,7 @@ def finetune_tagger(
         model.to(ctx.device),
         device_step(tagging_step, ctx.device),
         batches,
-        train_config(ctx, steps, LR, "tagger", weight_decay=0.0),
+        train_config(ctx, steps, lr, "tagger", weight_decay=0.0),
     )
     seconds = time.perf_counter() - start
     return entity_f1(model, dev_features, tokenizer.pad_id, ctx.device), seconds
