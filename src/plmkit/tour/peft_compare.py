@@ -47,13 +47,16 @@ CLAIM = (
     "(at BERT-base-like width)."
 )
 Spec = tuple[str, Any] | None
+LORA: Spec = ("lora", LoRAConfig(r=8, alpha=16, targets="q_proj,v_proj"))
+PROMPT: Spec = ("prompt", PromptTuningConfig(num_tokens=10))
+PREFIX: Spec = ("prefix", PrefixTuningConfig(length=10, hidden=64))
 # method -> (PEFT config or None for full fine-tuning, learning rate). Frozen bases take larger steps.
 WORLD_METHODS: dict[str, tuple[Spec, float]] = {
     "full": (None, 1e-3),
-    "lora r=8": (("lora", LoRAConfig(r=8, alpha=16, targets="q_proj,v_proj")), 5e-3),
+    "lora r=8": (LORA, 5e-3),
     "adapters": (("adapters", BottleneckConfig(reduction=8)), 3e-3),
-    "prompt tuning": (("prompt", PromptTuningConfig(num_tokens=10)), 3e-2),
-    "prefix tuning": (("prefix", PrefixTuningConfig(length=10, hidden=64)), 5e-3),
+    "prompt tuning": (PROMPT, 3e-2),
+    "prefix tuning": (PREFIX, 5e-3),
 }
 # MiniLM: BERT-paper-sized steps for full fine-tuning; each method's usual range otherwise (the rates of
 # bench/peft_sst2.py, where the same methods are compared on SST-2, but for LoRA).
@@ -61,10 +64,10 @@ MINILM_METHODS: dict[str, tuple[Spec, float]] = {
     "full": (None, 1e-4),
     # 2e-3, not bench/peft_sst2.py's 1e-3: in 100 steps 1e-3 left LoRA 6-7 points behind on seeds 1 and
     # 2 (93% vs 99-100%); 2e-3 gave 98% and 99%.
-    "lora r=8": (("lora", LoRAConfig(r=8, alpha=16, targets="q_proj,v_proj")), 2e-3),
+    "lora r=8": (LORA, 2e-3),
     "adapters": (("adapters", BottleneckConfig(reduction=16)), 1e-3),
-    "prompt tuning": (("prompt", PromptTuningConfig(num_tokens=10)), 3e-2),
-    "prefix tuning": (("prefix", PrefixTuningConfig(length=10, hidden=64)), 5e-3),
+    "prompt tuning": (PROMPT, 3e-2),
+    "prefix tuning": (PREFIX, 5e-3),
 }
 QUICK_MINILM = ("full", "lora r=8")  # --quick: the two the verdict compares
 WITHIN = 0.03  # "a few points"
@@ -142,8 +145,8 @@ def run(ctx: Context) -> Result:
     baselines = {f"world BERT (d={d_model})": majority_baseline([r["label"] for r in dev_records])}
     path = minilm_dir()
     minilm_steps = ctx.steps(100, 10)
-    minilm_dev = make_task(world, "sentiment", "dev", ctx.steps(300, 100))
     if path is not None:
+        minilm_dev = make_task(world, "sentiment", "dev", ctx.steps(300, 100))
         pre = ctx.once("minilm", lambda: load(path))
         methods = MINILM_METHODS if not ctx.quick else {m: MINILM_METHODS[m] for m in QUICK_MINILM}
         name = f"MiniLM-L6 (d={pre.model.config.d_model}, pretrained on English)"
@@ -152,10 +155,11 @@ def run(ctx: Context) -> Result:
         )
         baselines[name] = majority_baseline([r["label"] for r in minilm_dev])
     names = list(bases)
+    verdicts = {n: verdict(bases[n], baselines[n]) for n in names}  # (supported, LoRA's gap)
     judged = names[-1]  # MiniLM when installed: the pretrained model the claim is about
-    supported, _ = verdict(bases[judged], baselines[judged])
+    supported = verdicts[judged][0]
     world_name = names[0]
-    world_ok, world_gap = verdict(bases[world_name], baselines[world_name])
+    world_ok, world_gap = verdicts[world_name]
 
     fig, axes = new_figure(4.6 * len(names), 3.6)
     fig.clf()
@@ -219,7 +223,7 @@ def run(ctx: Context) -> Result:
         + "Methods from plmkit.peft (apply_peft + mark_trainable; the classifier trains in every method); "
         f"'a few points' is taken as at most {WITHIN * 100:.0f} points, and full fine-tuning must be more "
         "than 10 points above the majority class.",
-        result="; ".join(lora_line(n, verdict(bases[n], baselines[n])[1]) for n in reversed(names))
+        result="; ".join(lora_line(n, verdicts[n][1]) for n in reversed(names))
         + ". All methods: "
         + "; ".join(f"{n}: {summary(bases[n])}" for n in reversed(names))
         + "; majority class "
@@ -231,7 +235,7 @@ def run(ctx: Context) -> Result:
             "bases": bases,
             "majority_baseline": baselines,
             "judged_on": judged,
-            "lora_gap": {n: verdict(bases[n], baselines[n])[1] for n in names},
+            "lora_gap": {n: verdicts[n][1] for n in names},
             "world_bert_supported": world_ok,
         },
         tables=[table(["base", "method", "trainable", "share", "dev accuracy", "seconds"], rows)],

@@ -88,12 +88,12 @@ def run(ctx: Context) -> Result:
                 head = fresh_head(seed, lambda: mean_pooled_classifier(config.d_model))
                 acc, secs = finetune_classifier(
                     run_ctx, TaskModel(backbone(init, seed), head), sent_train_f, sent_dev_f, tok.pad_id,
-                    steps, LRS[init],
+                    steps, LR,
                 )
                 per_seed["sentiment"][init].setdefault(n, []).append(acc)
                 head = fresh_head(seed, lambda: TokenClassificationHead(config.d_model, len(TAGS)))
                 tagger = TaskModel(backbone(init, seed), head)
-                f1, secs2 = finetune_tagger(run_ctx, tagger, tag_train_f, tag_dev_f, tok, steps, LRS[init])
+                f1, secs2 = finetune_tagger(run_ctx, tagger, tag_train_f, tag_dev_f, tok, steps, LR)
                 per_seed["tagging"][init].setdefault(n, []).append(f1)
                 seconds[f"{init} {n}"] += secs + secs2
             for task in scores:
@@ -143,8 +143,7 @@ def run(ctx: Context) -> Result:
         f"{rec['steps']} steps, held-out masked-token loss {rec['dev_loss']:.2f} against "
         f"{rec['unigram_loss']:.2f} for token frequencies without context) vs the same BertConfig freshly "
         "initialized; the same head initialization, "
-        f"{steps} AdamW steps of 16 examples (lr {LRS['pretrained']:g} pretrained, "
-        f"{LRS['random init']:g} random init), on the first 32/128/512 training "
+        f"{steps} AdamW steps of 16 examples at lr {LR} for both, on the first 32/128/512 training "
         f"examples; every score is the mean over {len(seeds)} fine-tuning seed(s) (head init, batch order, "
         "and the random init itself). Sentiment: linear classifier on the mean of the last hidden states, "
         f"accuracy on {len(sent_dev)} dev reviews. Tagging: IOB2 "
@@ -184,7 +183,7 @@ FINETUNE_SEEDS = 3
 
 def mean_pooled_classifier(d_model: int) -> nn.Module:
     return SequenceClassificationHead(d_model, 2, pooling="mean", activation=None, dropout=0.0)
-LRS = {"pretrained": 1e-3, "random init": 1e-3}
+LR = 1e-3
 
 
 # --- token classification -----------------------------------------------------------------------------
