@@ -5,7 +5,8 @@ Three trainable kinds, each set up as the model family that made it famous:
 - `bpe`: byte-level BPE as GPT-2 (Radford et al. 2019, sec. 2.2): a ByteLevel pre-tokenizer over the
   256-byte alphabet, so no input is ever unknown; no prefix space, no special tokens added by encode.
 - `wordpiece`: as BERT (Devlin et al. 2019): BertNormalizer, BertPreTokenizer, `##` continuation
-  pieces, `[CLS] a [SEP]` / `[CLS] a [SEP] b [SEP]` added by encode.
+  pieces, `[CLS] a [SEP]` / `[CLS] a [SEP] b [SEP]` added by encode. Its vocabulary is learned by
+  `plmkit.data.wordpiece` (the same merges as the library's trainer, but the same ids on every run).
 - `unigram`: the SentencePiece unigram model (Kudo 2018) with a Metaspace (`▁`) pre-tokenizer, as T5;
   encode appends `</s>`.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +28,7 @@ from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, pro
 from tokenizers import Tokenizer as RustTokenizer
 
 from plmkit.data.readers_text import Split, read_documents
+from plmkit.data.wordpiece import learn_wordpiece_vocab
 from plmkit.errors import DataError, TokenizerError
 
 __all__ = ["Tokenizer", "CharTokenizer", "train_tokenizer", "check_vocab", "load_tokenizer", "ROLES"]
@@ -300,6 +303,24 @@ def _iter_training_texts(files: Sequence[str | Path], text_field: str, split: Sp
         yield from read_documents(path, text_field=text_field, split=split)
 
 
+def _train_wordpiece(texts: Iterable[str], vocab_size: int, tokens: list[str], min_frequency: int,
+                     lowercase: bool, unk: str) -> RustTokenizer:
+    # Words are cut exactly as encoding will cut them: BERT's normalizer, then its pre-tokenizer.
+    probe = RustTokenizer(models.WordPiece(unk_token=unk))
+    _set_bert(probe, lowercase)
+    counts: Counter[str] = Counter()
+    for text in texts:
+        normalized = probe.normalizer.normalize_str(text)
+        counts.update(word for word, _ in probe.pre_tokenizer.pre_tokenize_str(normalized))
+    pieces = learn_wordpiece_vocab(counts, vocab_size, tokens, min_frequency, prefix="##")
+    backend = RustTokenizer(models.WordPiece(
+        {p: i for i, p in enumerate(pieces)}, unk_token=unk, continuing_subword_prefix="##",
+    ))
+    _set_bert(backend, lowercase)
+    backend.add_special_tokens(tokens)
+    return backend
+
+
 def train_tokenizer(
     files: Sequence[str | Path],
     kind: Kind = "bpe",
@@ -345,13 +366,8 @@ def train_tokenizer(
         unk = roles.get("unk")
         if unk is None:
             raise TokenizerError("a wordpiece tokenizer needs an unk token (for example [UNK])")
-        backend = RustTokenizer(models.WordPiece(unk_token=unk))
-        # The BERT pre-tokenizer must be in place while training, or the trainer sees whole lines as words.
-        _set_bert(backend, lowercase)
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=tokens,
-            continuing_subword_prefix="##", show_progress=False,
-        )
+        texts = _iter_training_texts(files, text_field, split)
+        backend = _train_wordpiece(texts, vocab_size, tokens, min_frequency, lowercase, unk)
     else:
         backend = RustTokenizer(models.Unigram())
         steps: list[normalizers.Normalizer] = [normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")]
@@ -364,7 +380,8 @@ def train_tokenizer(
             vocab_size=vocab_size, special_tokens=tokens, unk_token=roles.get("unk"), show_progress=False,
         )
 
-    backend.train_from_iterator(_iter_training_texts(files, text_field, split), trainer=trainer)
+    if kind != "wordpiece":
+        backend.train_from_iterator(_iter_training_texts(files, text_field, split), trainer=trainer)
 
     if kind == "wordpiece":
         # The template is set after training: it needs the ids [CLS]/[SEP] received.
