@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from plmkit.cli import main
+from plmkit.tour import tokenization
 from plmkit.tour.common import Context, masking_config, pack_documents, unigram_entropy
 from plmkit.tour.cot import DIRECT, WORKED, collate_completions, encode_problems
 from plmkit.tour.transfer import IGNORE, encode_tagged
@@ -62,6 +63,16 @@ def test_completion_labels_cover_only_the_answer(ctx):
     direct, worked = (tok.decode(pairs[i][0]) for i in (0, 1))
     assert direct.endswith(DIRECT) and worked.endswith(WORKED)
     assert tok.decode(pairs[1][1]).strip().endswith(f"#### {records[0]['result']}")
+
+
+def test_same_seed_same_tokenizers_and_ids_in_a_fresh_context(tmp_path):
+    # The tour's models start from embeddings indexed by these ids, so a rerun must see the same ones.
+    first, second = (Context(seed=3, quick=True, work=tmp_path / name, log=lambda m: None) for name in "ab")
+    for make in (Context.wordpiece, Context.bpe):
+        assert make(first).fingerprint() == make(second).fingerprint()
+    assert tokenization.run(first).metrics == tokenization.run(second).metrics
+    other = Context(seed=4, quick=True, work=tmp_path / "c", log=lambda m: None)
+    assert other.wordpiece().fingerprint() != first.wordpiece().fingerprint()
 
 
 def test_threads_option_is_checked(capsys):
