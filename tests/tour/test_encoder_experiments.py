@@ -70,6 +70,11 @@ def test_masking_reports_reading_probe_and_downstream_scores(ctx):
     check_result(result, "masking")
     m = result.metrics
     assert set(m["reading_accuracy"]) == set(m["sentiment_accuracy"]) == set(masking.MODELS)
+    assert set(m["sentiment_accuracy_cls"]) == set(masking.MODELS)
+    assert set(m["sentiment_accuracy_by_seed"]) == {"mean", "[CLS]"}
+    # The NSP part is judged on the mean-pooled readout ([CLS] is trained by NSP alone).
+    accuracy = m["sentiment_accuracy"]
+    assert m["nsp_does_not_help"] == (accuracy["80/10/10 + NSP"] <= accuracy["80/10/10"] + 0.02)
     for probes in m["reading_accuracy"].values():
         assert set(probes) == {"[MASK]", "random token", "unchanged"}
     assert 0.0 < m["majority_baseline"] < 1.0
