@@ -1,6 +1,8 @@
 """The encoder experiments (c transfer, d bidirectional, e masking, f compression, g PEFT) on a tiny setting:
 they share one context, so the one tour BERT is pretrained once."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -105,6 +107,23 @@ def test_one_bert_pretrained_on_world_paragraphs_without_labelled_episodes(ctx):
     assert "Sentiment" not in text  # the GPT corpus's formatted, labelled episodes are left out
     assert "Sentiment:" in ctx.corpus_file().read_text()
     assert rec["unigram_loss"] < rec["curve"][0][1]  # the first steps sit above token frequencies
+
+
+def test_longer_bert_continues_a_copy_of_the_shared_bert(ctx, monkeypatch):
+    assert ctx.longer_bert()[0] is ctx.pretrained_bert()[0]  # --quick: no extra steps
+    bert, rec = ctx.pretrained_bert()
+    before = {k: v.clone() for k, v in bert.state_dict().items()}
+    monkeypatch.setattr(common, "LONGER_BERT_STEPS", 6)
+    cache = {k: v for k, v in ctx.cache.items() if k != "longer_bert"}
+    full = dataclasses.replace(ctx, quick=False, cache=cache)  # the tiny context's world, tokenizer, BERT
+    longer, longer_rec = full.longer_bert()
+    assert longer is not bert and full.longer_bert()[0] is longer  # built once
+    assert all(torch.equal(v, bert.state_dict()[k]) for k, v in before.items())  # b's BERT untouched
+    assert any(not torch.equal(v, longer.state_dict()[k]) for k, v in before.items())
+    assert longer_rec["steps"] == rec["steps"] + 6 and rec["steps"] == TINY.steps
+    steps = [step for step, _ in longer_rec["curve"]]
+    assert steps == sorted(steps) and steps[-1] > rec["curve"][-1][0]
+    assert longer_rec["dev_loss"] != rec["dev_loss"]
 
 
 def test_transfer_compares_the_same_heads_from_both_starting_points(ctx):

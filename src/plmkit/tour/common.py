@@ -7,6 +7,8 @@ context for it; the first one to ask builds it, later ones reuse it, and each ca
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib.util
 import io
 import math
@@ -116,6 +118,11 @@ class Context:
         """The tour's tiny BERT (masked LM, 80/10/10) on the world paragraphs, shared by b-g;
         (model, training record)."""
         return self.once("bert", lambda: pretrain_bert(self))
+
+    def longer_bert(self) -> tuple[nn.Module, dict[str, Any]]:
+        """The shared BERT after `LONGER_BERT_STEPS` more MLM steps (--quick: the shared BERT itself), for
+        the experiments about what pretraining gives a fine-tuned model (c); (model, training record)."""
+        return self.once("longer_bert", lambda: continue_bert(self))
 
 
 def icl_episodes(world: World, n: int, seed: int) -> list[str]:
@@ -347,10 +354,13 @@ def pretrain_encoder(
     inputs: list[torch.Tensor],
     name: str,
     lr: float | None = None,
+    steps: int | None = None,
 ) -> dict[str, Any]:
     """Train `model` on windows with the plmkit loop; returns a training record. Every encoder of the tour
     (and d's GPT) goes through here with the same steps, batch size, seed and schedule."""
     s = encoder_sizes(ctx)
+    if steps is not None:
+        s = dataclasses.replace(s, steps=steps)
     torch.manual_seed(ctx.seed)
     batches = ShuffledBatches(inputs, _stack_ids, batch_size=s.batch, seed=ctx.seed)
     start = time.perf_counter()
@@ -396,6 +406,38 @@ def pretrain_bert(ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
         block=s.block,
         batch=s.batch,
         d_model=s.d_model,
+    )
+    return model, record
+
+
+# The shared BERT learns which review words are positive or negative late: a masked-verdict probe ("it is
+# <word>, [MASK] by ...") scores 50% after 800 and 1200 steps, 57% after 1600 and 100% after 2400 (seed 0).
+# Its 800 steps keep d, e and f's equal-budget comparisons affordable; c continues it, so that "pretrained"
+# means a model that has learned what the text can teach (1600 more steps: ~65 s on 2 cores).
+LONGER_BERT_STEPS = 1600
+
+
+def continue_bert(ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
+    """A copy of the shared BERT trained `LONGER_BERT_STEPS` more steps on the same windows with fresh
+    dynamic masks and a fresh warmup-stable-decay schedule; its record counts all steps."""
+    bert, rec = ctx.pretrained_bert()
+    more = ctx.steps(LONGER_BERT_STEPS, 0)
+    if more == 0:
+        return bert, rec
+    tok = ctx.wordpiece()
+    train_windows, dev_windows = encoder_windows(ctx)
+    model = copy.deepcopy(bert)
+    extra = pretrain_encoder(
+        ctx, model, make_mlm(tok, ctx.seed + 1), list(with_cls(tok, train_windows)), "bert-mlm-longer",
+        steps=more,
+    )
+    masking = masking_config(tok)
+    record = dict(rec)
+    record.update(
+        steps=rec["steps"] + more,
+        seconds=rec["seconds"] + extra["seconds"],
+        curve=rec["curve"] + [(rec["steps"] + step, loss) for step, loss in extra["curve"]],
+        dev_loss=mlm_dev_loss(model, with_cls(tok, dev_windows).tolist(), masking, tok.pad_id, ctx.device),
     )
     return model, record
 
