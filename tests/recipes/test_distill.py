@@ -109,3 +109,28 @@ def test_distill_rejects_a_bare_teacher(tmp_path):
     cfg.data.train_file = cfg.data.eval_file = "x.tsv"
     with pytest.raises(ConfigError, match="the teacher must be a fine-tuned model with a task head"):
         distill.run(cfg)
+
+
+def test_unlabelled_rows_add_soft_targets_but_no_gold_label_loss():
+    teacher = _teacher(4).eval()
+    student = distill.student_from_teacher(teacher)
+    weights = distill.DistillationWeights()
+    step = distill.make_step(weights)
+    torch.manual_seed(1)
+    ids = torch.randint(5, 30522, (4, 7))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([1, 0, 1, 1])}
+    model = distill.Distiller(student, teacher)
+    labelled = step(model, batch)
+    hidden = {**batch, "labels": torch.tensor([1, 0, -100, -100])}
+    partly = step(model, hidden)
+    out = model(batch)
+    ce = torch.nn.functional.cross_entropy(out["student_logits"][:2], batch["labels"][:2])
+    ce_all = torch.nn.functional.cross_entropy(out["student_logits"], batch["labels"])
+    # Only the gold-label term changes: it averages over the two labelled rows.
+    diff = (labelled.loss_sum - partly.loss_sum) / 4
+    torch.testing.assert_close(diff, weights.beta_task * (ce_all - ce), rtol=1e-4, atol=1e-5)
+    assert partly.metrics["kl"] == pytest.approx(labelled.metrics["kl"])
+    none = step(model, {**batch, "labels": torch.full((4,), -100)})
+    assert none.metrics["task"] == 0.0 and torch.isfinite(none.loss_sum)
+    none.loss_sum.backward()  # soft targets alone still train the student
+    assert student.head.classifier.weight.grad.abs().sum() > 0

@@ -114,11 +114,23 @@ class Distiller(nn.Module):
         }
 
 
+UNLABELLED = -100  # the label of a transfer-set row: soft targets only
+
+
 def make_step(weights: DistillationWeights):  # noqa: ANN201 - a StepFn
+    """The distillation loss on a Distiller batch. Rows labelled -100 have no gold label: they add the
+    soft-target and hidden-state terms only, so a transfer set of unlabelled text the teacher labels can be
+    mixed in (Hinton et al. 2015, section 2; TinyBERT's augmented task distillation)."""
+
     def step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
         out = model(batch)
         kl_sum, n = soft_target_loss(out["student_logits"], out["teacher_logits"], weights.temperature)
-        task_mean = F.cross_entropy(out["student_logits"].float(), batch["labels"])
+        labels = batch["labels"]
+        gold = (labels != UNLABELLED).sum().clamp(min=1)
+        task_sum = F.cross_entropy(
+            out["student_logits"].float(), labels, ignore_index=UNLABELLED, reduction="sum"
+        )
+        task_mean = task_sum / gold
         cos_sum, n_tokens = hidden_cosine_loss(
             out["student_hidden"], out["teacher_hidden"], batch["attention_mask"]
         )
