@@ -95,6 +95,10 @@ def test_compression_student_has_half_the_layers_and_fewer_parameters(ctx):
     assert params["ALBERT"] < params["BERT teacher"]
     assert m["size_ratio"] == pytest.approx(params["student, distilled"] / params["BERT teacher"])
     assert "| student, distilled | 1 |" in result.tables[0]
+    # The verdict is the two parts (and a teacher that learned); the transfer set is extra, unlabelled text.
+    assert result.supported <= (m["distillation_holds"] and m["albert_holds"])
+    assert m["transfer_reviews"] > 0 and m["labelled_reviews"] > 0
+    assert "Parts of the claim:" in result.result and f"plus {m['transfer_reviews']} more" in result.setup
 
 
 def test_one_bert_pretrained_on_world_paragraphs_without_labelled_episodes(ctx):

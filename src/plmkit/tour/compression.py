@@ -192,7 +192,10 @@ def run(ctx: Context) -> Result:
         f"score ({distilled_acc:.0%} vs {teacher_acc:.0%}; the same student on labels only "
         f"{labels_only_acc:.0%}). ALBERT: {albert_ratio:.0%} of the parameters, {albert_acc:.0%} "
         f"(majority class {baseline:.0%}). Final MLM training loss: BERT {bert_rec['curve'][-1][1]:.2f}, "
-        f"ALBERT {albert_rec['curve'][-1][1]:.2f} (near 4 is the unigram plateau of experiment d)."
+        f"ALBERT {albert_rec['curve'][-1][1]:.2f} (near 4 is the unigram plateau of experiment d). Parts of "
+        "the claim: the distilled student keeps 95% of the score and beats labels only: "
+        f"{'yes' if distill_ok else 'no'}; "
+        f"ALBERT under half the parameters within 5 points: {'yes' if albert_ok else 'no'}."
         + ("" if learned else " The teacher learned too little for the comparison to mean much."),
         supported=distill_ok and albert_ok and learned,
         metrics={
@@ -200,6 +203,8 @@ def run(ctx: Context) -> Result:
             "accuracy": scores,
             "size_ratio": size_ratio,
             "score_ratio": score_ratio,
+            "distillation_holds": distill_ok,
+            "albert_holds": albert_ok,
             "albert_parameter_ratio": albert_ratio,
             "majority_baseline": baseline,
             "distill_seconds": distill_seconds,
