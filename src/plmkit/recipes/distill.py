@@ -32,6 +32,7 @@ from plmkit.objectives.distillation import (
     hidden_cosine_loss,
     soft_target_loss,
 )
+from plmkit.objectives.mlm import IGNORE
 from plmkit.recipes.finetune import TASKS, DataConfig, _accepts_token_types, format_table
 from plmkit.training import StepOutput, TrainConfig, train
 
@@ -114,7 +115,7 @@ class Distiller(nn.Module):
         }
 
 
-UNLABELLED = -100  # the label of a transfer-set row: soft targets only
+UNLABELLED = IGNORE  # -100, the label of a transfer-set row: soft targets only
 
 
 def make_step(weights: DistillationWeights):  # noqa: ANN201 - a StepFn

@@ -48,7 +48,7 @@ CLAIM = (
 MODELS = ("80/10/10", "always [MASK]", "80/10/10 + NSP")
 # Each variant at its own learning rate, as ablations are run: at BERT's 2e-3 the always-[MASK] model stayed
 # on the unigram plateau for all 800 steps (training loss 4.41/4.64/4.49 on seeds 0-2), so the comparison
-# measured undertraining; at 1e-3 it leaves it (1.64/2.41/1.90, 56/47/55% at [MASK]).
+# measured undertraining; at 1e-3 it leaves it (1.70/2.27/2.19, 54/48/52% at [MASK]).
 ALWAYS_MASK_LR = 1e-3
 
 
