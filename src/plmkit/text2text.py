@@ -49,7 +49,7 @@ from plmkit.models.bart import BartConfig, bart_lm
 from plmkit.models.seq2seq_generation import generate_texts
 from plmkit.models.t5 import T5Config, shift_right, t5_lm
 from plmkit.objectives.denoising import DenoisingConfig, denoising_batch
-from plmkit.objectives.seq2seq import seq2seq_loss
+from plmkit.objectives.fused_ce import model_lm_loss
 from plmkit.objectives.span_corruption import span_corruption_batch
 from plmkit.training import StepOutput, step_generator
 
@@ -100,8 +100,9 @@ def build_bart(m: Any, vocab_size: int) -> nn.Module:
 def _seq2seq_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
     cfg = model.config
     dec = shift_right(batch["labels"], cfg.decoder_start_token_id, cfg.pad_token_id)
-    logits = model(batch["input_ids"], batch.get("attention_mask"), decoder_input_ids=dec)  # (B, T, V)
-    loss_sum, n = seq2seq_loss(logits, batch["labels"])
+    # Fused head + loss (no (B, T, V) logits); the same sum as seq2seq_loss over the logits.
+    loss_sum, n = model_lm_loss(model, batch["labels"], batch["input_ids"], batch.get("attention_mask"),
+                                decoder_input_ids=dec)
     return StepOutput(loss_sum=loss_sum, num_targets=n)
 
 

@@ -26,7 +26,7 @@ from plmkit import text2text as t2t
 from plmkit.errors import ConfigError, DataError
 from plmkit.models.gpt import GPT2Config, gpt2_lm
 from plmkit.models.llama import LlamaConfig, llama_lm
-from plmkit.objectives.clm import causal_lm_loss
+from plmkit.objectives.fused_ce import model_lm_loss
 from plmkit.training import StepOutput, TrainConfig, step_generator, train
 
 
@@ -126,8 +126,8 @@ MODELS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
 
 
 def clm_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-    logits = model(batch["input_ids"], batch.get("attention_mask"))  # (B, T, V)
-    loss_sum, n = causal_lm_loss(logits, batch["labels"])
+    # The head's projection and the loss fused, a chunk of tokens at a time: no (B, T, V) logits.
+    loss_sum, n = model_lm_loss(model, batch["labels"], batch["input_ids"], batch.get("attention_mask"))
     return StepOutput(loss_sum=loss_sum, num_targets=n)
 
 
@@ -161,9 +161,11 @@ def make_mlm(tokenizer: Any, seed: int) -> Callable[[nn.Module, dict[str, torch.
             pairs = pairs_from_windows(ids, head.pair_task, tokenizer.cls_id, tokenizer.sep_id, generator)
             ids, extra = pairs["input_ids"], {"token_type_ids": pairs["token_type_ids"]}
         masked, labels = mask_tokens(ids, masking, generator, attention_mask=attention_mask)
-        out = model(masked, attention_mask, **extra)
-        logits = out.mlm_logits if extra else out  # (B, T, V)
-        loss_sum, n = mlm_loss(logits, labels)
+        if extra:
+            out = model(masked, attention_mask, **extra)
+            loss_sum, n = mlm_loss(out.mlm_logits, labels)  # (B, T, V) logits beside the pair logits
+        else:  # fused head + loss over the masked positions only
+            loss_sum, n = model_lm_loss(model, labels, masked, attention_mask)
         metrics: dict[str, float] = {}
         if extra:
             pair_sum, b = pair_loss(out.pair_logits, pairs["pair_labels"])

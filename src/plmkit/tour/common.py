@@ -27,6 +27,7 @@ from plmkit.data.tokenizer import Tokenizer, train_tokenizer
 from plmkit.models.bert import BertConfig, bert_mlm
 from plmkit.models.gpt import GPT2Config, gpt2_lm
 from plmkit.objectives.clm import causal_lm_loss
+from plmkit.objectives.fused_ce import model_lm_loss
 from plmkit.objectives.mlm import MaskingConfig, mask_tokens, mlm_loss
 from plmkit.recipes.pretrain import make_mlm
 from plmkit.training import StepOutput, TrainConfig, step_generator, train
@@ -170,8 +171,7 @@ def collate_windows(windows: list[torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def clm_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-    logits = model(batch["input_ids"])
-    loss_sum, n = causal_lm_loss(logits, batch["labels"])
+    loss_sum, n = model_lm_loss(model, batch["labels"], batch["input_ids"])  # fused head + loss
     return StepOutput(loss_sum=loss_sum, num_targets=n)
 
 
@@ -341,7 +341,7 @@ def mlm_step(masking: MaskingConfig) -> Callable[[nn.Module, dict[str, torch.Ten
         # Dynamic masking (RoBERTa): a fresh mask every time a document is seen.
         gen = step_generator(batch["input_ids"].device)
         masked, labels = mask_tokens(batch["input_ids"], masking, gen, batch.get("attention_mask"))
-        loss_sum, n = mlm_loss(model(masked, batch.get("attention_mask")), labels)
+        loss_sum, n = model_lm_loss(model, labels, masked, batch.get("attention_mask"))  # fused head + loss
         return StepOutput(loss_sum=loss_sum, num_targets=n)
 
     return step
