@@ -1,1 +1,67 @@
+"""Alignment: SFT, reward models, DPO/IPO (and PPO) on plmkit's own models, loop and generation.
 
+One file per idea: `records` (data formats, tokenization, batches), `logprobs` (the shared per-token and
+per-sequence log-probs), `sft`, `reward` (Bradley–Terry reward models), `dpo` (DPO, IPO, soft labels).
+"""
+
+from __future__ import annotations
+
+from plmkit.alignment.dpo import (
+    PreferenceConfig,
+    PreferenceMetrics,
+    dpo_loss,
+    implicit_rewards,
+    ipo_loss,
+    pair_logprobs,
+    preference_loss,
+    preference_metrics,
+    preference_step,
+)
+from plmkit.alignment.logprobs import gather_logprobs, sequence_logprobs, token_logprobs
+from plmkit.alignment.records import (
+    collate_preferences,
+    collate_prompt_responses,
+    encode_preferences,
+    encode_prompt_responses,
+    read_preferences,
+    read_prompt_responses,
+    split_hh_transcript,
+    tokenize_prompt_response,
+)
+from plmkit.alignment.reward import (
+    bradley_terry_loss,
+    evaluate_pairs,
+    pairwise_accuracy,
+    reward_model,
+    reward_scores,
+    reward_step,
+)
+
+__all__ = [
+    "PreferenceConfig",
+    "PreferenceMetrics",
+    "bradley_terry_loss",
+    "collate_preferences",
+    "collate_prompt_responses",
+    "dpo_loss",
+    "encode_preferences",
+    "encode_prompt_responses",
+    "evaluate_pairs",
+    "gather_logprobs",
+    "implicit_rewards",
+    "ipo_loss",
+    "pair_logprobs",
+    "pairwise_accuracy",
+    "preference_loss",
+    "preference_metrics",
+    "preference_step",
+    "read_preferences",
+    "read_prompt_responses",
+    "reward_model",
+    "reward_scores",
+    "reward_step",
+    "sequence_logprobs",
+    "split_hh_transcript",
+    "token_logprobs",
+    "tokenize_prompt_response",
+]

@@ -7,7 +7,7 @@
 | `TaggedTokens`    | token classification (NER, POS)        | tokens, tags (one per token, IOB2 for NER)  |
 | `QAExample`       | extractive question answering          | id, question, context, answers, title       |
 | `PromptCompletion`| SFT, text-to-text                      | prompt, completion                          |
-| `PreferencePair`  | reward model, DPO                      | prompt, chosen, rejected                    |
+| `PreferencePair`  | reward model, DPO                      | prompt, chosen, rejected, p_chosen          |
 
 Labels stay strings as the files write them ("0", "B-PER"); a task maps them to ids with its label list.
 """
@@ -65,3 +65,11 @@ class PreferencePair:
     prompt: str
     chosen: str
     rejected: str
+    # Probability that `chosen` is preferred: 1.0 is a hard human label, values between soft AI feedback.
+    p_chosen: float = 1.0
+
+    def __post_init__(self) -> None:
+        p = float(self.p_chosen)  # table readers hand every column over as a string
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p_chosen must be in [0, 1], got {self.p_chosen!r}")
+        object.__setattr__(self, "p_chosen", p)
