@@ -151,3 +151,52 @@ def test_beam_search_matches_transformers(family: str, early_stopping: bool, tmp
         ours = plmkit.generate(model, [prompt], eos_token_id=eos, pad_token_id=0, **kw)[0].tolist()
         ref = _hf_new(hf, [prompt], eos_token_id=eos, **kw)[0]
         assert ours == ref[: len(ours)] and set(ref[len(ours):]) <= {0}
+
+
+def recompute_greedy_cropped(model: torch.nn.Module, prompt: list[int], n: int, context: int) -> list[int]:
+    """nanoGPT's sampler: every step recomputes the last `context` tokens without a cache."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids[-context:]]))[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_sliding_window_equals_cropped_recompute(family: str) -> None:
+    model = tiny(family)
+    prompts = [[5, 9, 2, 33, 7, 1], [12, 4], [3] * 50]  # the last is longer than the window itself
+    out = plmkit.generate(model, prompts, max_new_tokens=60, sliding_window=True)
+    assert out.shape == (3, 60)
+    for row, prompt in enumerate(prompts):
+        expected = recompute_greedy_cropped(model, prompt, 60, context=48)
+        alone = plmkit.generate(model, [prompt], max_new_tokens=60, sliding_window=True)
+        assert alone[0].tolist() == expected
+        assert out[row].tolist() == expected
+    # Inside the window nothing changes.
+    inside = plmkit.generate(model, PROMPTS, max_new_tokens=12, sliding_window=True)
+    assert inside.tolist() == plmkit.generate(model, PROMPTS, max_new_tokens=12).tolist()
+
+
+def test_sliding_window_beam_search_and_sampling_run_past_the_window() -> None:
+    model = tiny("gpt2")
+    from plmkit.models.generation import beam_search
+
+    class Recompute:  # beams over nanoGPT's cropped recompute, no cache
+        ids = torch.zeros(2, 0, dtype=torch.long)
+
+        def step(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+            self.ids = torch.cat([self.ids, tokens], 1)
+            return model(self.ids[:, -48:])[:, -1]
+
+        def reorder(self, rows: torch.Tensor) -> None:
+            self.ids = self.ids[rows]
+
+    beams = plmkit.generate(model, [[5, 9, 2]], max_new_tokens=60, num_beams=2, sliding_window=True)
+    ref = Recompute()
+    with torch.no_grad():
+        expected = beam_search(ref.step, ref.reorder, torch.tensor([[5, 9, 2]] * 2), None, 60, 2)
+    assert beams.shape[1] == 60 and beams.tolist() == expected.tolist()
+    sampled = plmkit.generate(model, [[5, 9, 2]], max_new_tokens=60, do_sample=True, sliding_window=True,
+                              generator=torch.Generator().manual_seed(0))
+    assert sampled.shape == (1, 60) and int(sampled.max()) < V

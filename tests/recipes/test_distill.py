@@ -134,3 +134,13 @@ def test_unlabelled_rows_add_soft_targets_but_no_gold_label_loss():
     assert none.metrics["task"] == 0.0 and torch.isfinite(none.loss_sum)
     none.loss_sum.backward()  # soft targets alone still train the student
     assert student.head.classifier.weight.grad.abs().sum() > 0
+
+
+def test_help_lists_only_options_that_apply(capsys):
+    from plmkit import cli
+
+    assert cli.main(["distill", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--data.train_file" in out and "--data.max_length" in out
+    for inapplicable in ("--data.stride", "--data.max_answer_length", "--data.mixture"):
+        assert inapplicable not in out

@@ -148,6 +148,34 @@ def test_qa(tiny_bert, tmp_path):
     _same_logits(plmkit.load(out / "model").model, hf, torch.tensor([[101, 2040, 102, 1996, 3000, 102]]))
 
 
+def test_qa_runs_with_default_lengths(tiny_bert, tmp_path):
+    context = "alpha beta. The keeper is Anna. gamma delta."
+    squad = {"data": [{"title": "t", "paragraphs": [{"context": context, "qas": [
+        {"id": "q0", "question": "Who is the keeper?",
+         "answers": [{"text": "Anna", "answer_start": context.index("Anna")}]}]}]}]}
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps(squad))
+    cfg = _config(tiny_bert, tmp_path / "run", "qa", train, train, "--train.max_steps=1",
+                  "--data.batch_size=1")
+    cfg.data.max_length = 0  # the option's default, as a user who names no length gets it
+    summary = finetune.run(cfg)
+    assert summary["steps"] == 1
+
+
+def test_default_lengths_follow_the_task_and_model():
+    d = finetune.DataConfig()
+    big, small = BertModel(BertConfig(d_model=8, num_layers=1, num_heads=1, vocab_size=10)), BertModel(
+        BertConfig(d_model=8, num_layers=1, num_heads=1, vocab_size=10, max_positions=64))
+    qa, cls = finetune.TASKS["qa"], finetune.TASKS["classification"]
+    resolved = finetune._resolve_lengths(d, qa, big)  # transformers' run_qa.py windows
+    assert (resolved.max_length, resolved.stride) == (384, 128)
+    assert finetune._resolve_lengths(d, cls, big).max_length == 128
+    resolved = finetune._resolve_lengths(d, qa, small)  # never past the position table
+    assert (resolved.max_length, resolved.stride) == (64, 21)
+    explicit = finetune._resolve_lengths(finetune.DataConfig(max_length=200, stride=50), qa, big)
+    assert (explicit.max_length, explicit.stride) == (200, 50)
+
+
 def test_unknown_task_and_bad_label(tiny_bert, tmp_path):
     with pytest.raises(ConfigError, match="task 'parse' is not one of classification, ner, qa"):
         finetune.run(finetune.Config(task="parse", pretrained=str(tiny_bert)))

@@ -226,6 +226,43 @@ def decoder_step(model: nn.Module, cache: KVCache) -> StepFn:
     return step
 
 
+class SlidingWindow:
+    """Decoding past the context window as nanoGPT's sampler does: every token is predicted from at most
+    the last `context` tokens of its row.
+
+    Inside the window the cache grows as usual. Once a row would exceed `context` positions, the window
+    slides by one token and the cache is rebuilt from the window's tokens (positions restart at 0), so a
+    learned position table is never indexed past its end. After the window first fills, each step is
+    a prefill of `context` tokens: exact, and as costly as nanoGPT's recompute-everything loop.
+    """
+
+    def __init__(self, model: nn.Module, rows: int, context: int, dtype: torch.dtype, device: torch.device):
+        self.model, self.context, self.dtype, self.device = model, context, dtype, device
+        self.ids = torch.zeros(rows, 0, dtype=torch.long, device=device)  # (R, L) everything so far
+        self.mask = torch.zeros(rows, 0, dtype=torch.long, device=device)  # (R, L) 1 = real token
+        self.cache: KVCache | None = None
+
+    def _rebuild(self) -> torch.Tensor:
+        windows = [row[m.bool()][-self.context:].tolist() for row, m in zip(self.ids, self.mask)]
+        ids, mask = left_pad(windows, 0)
+        self.cache = KVCache.for_model(self.model.config, ids.shape[0], self.context, self.dtype, self.device)
+        return decoder_step(self.model, self.cache)(ids.to(self.device), mask.to(self.device))
+
+    def step(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        new_mask = torch.ones_like(tokens) if mask is None else mask.long()
+        self.ids = torch.cat([self.ids, tokens], 1)
+        self.mask = torch.cat([self.mask, new_mask], 1)
+        cache = self.cache
+        if cache is None or int((cache.seen + new_mask.sum(-1)).max()) > self.context:
+            return self._rebuild()
+        return decoder_step(self.model, cache)(tokens, mask)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.ids, self.mask = self.ids.index_select(0, rows), self.mask.index_select(0, rows)
+        if self.cache is not None:
+            self.cache.reorder(rows)
+
+
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token lists -> left-padded ids (B, T) and mask (B, T)."""
     t = max(len(p) for p in prompts)
@@ -260,6 +297,7 @@ def generate(
     streamer: Callable[[torch.Tensor], None] | None = None,
     generator: torch.Generator | None = None,
     compile: bool = False,
+    sliding_window: bool = False,
 ) -> torch.Tensor:
     """Continue each prompt of a decoder-only LM; returns the new tokens (B, N), padded after a row ends.
 
@@ -267,7 +305,9 @@ def generate(
     here). Each row stops on its own at `eos_token_id` or when its decoded continuation contains one of
     `stop_strings` (needs `tokenizer`); generation ends when every row has stopped or after
     `max_new_tokens`. `streamer(tokens (B,))` is called with every new token. `compile=True` runs the
-    decode step through `torch.compile`.
+    decode step through `torch.compile`. A prompt plus `max_new_tokens` longer than the model's context
+    window (`config.max_positions`) is an error unless `sliding_window=True`: then each token is
+    predicted from the last `max_positions` tokens (see `SlidingWindow`; `compile` is not used then).
     """
     config = model.config
     eos_ids = [] if eos_token_id is None else (
@@ -289,10 +329,11 @@ def generate(
         raise ConfigError(f"num_beams must be >= 1, got {num_beams}")
     context = getattr(config, "max_positions", None)
     longest = t if attention_mask is None else int(attention_mask.sum(-1).max())
-    if context is not None and longest + max_new_tokens > context:
+    slide = context is not None and longest + max_new_tokens > context
+    if slide and not sliding_window:
         raise ConfigError(
             f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's context "
-            f"window of {context} tokens"
+            f"window of {context} tokens (sliding_window=True keeps generating on the last {context})"
         )
     if stop_strings and tokenizer is None:
         raise ConfigError("stop_strings need a tokenizer to decode the continuation")
@@ -301,15 +342,19 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        cache = KVCache.for_model(config, b * num_beams, t + max_new_tokens, dtype, device)
-        step = decoder_step(model, cache)
+        if slide:
+            window = SlidingWindow(model, b * num_beams, context, dtype, device)
+            step, reorder = window.step, window.reorder
+        else:
+            cache = KVCache.for_model(config, b * num_beams, t + max_new_tokens, dtype, device)
+            step, reorder = decoder_step(model, cache), cache.reorder
         if num_beams > 1:
             if do_sample:
                 raise ConfigError("beam search with sampling is not supported: use num_beams=1 or greedy")
             ids = input_ids.repeat_interleave(num_beams, 0)
             mask = None if attention_mask is None else attention_mask.repeat_interleave(num_beams, 0)
             return beam_search(
-                step, cache.reorder, ids, mask, max_new_tokens, num_beams, length_penalty,
+                step, reorder, ids, mask, max_new_tokens, num_beams, length_penalty,
                 early_stopping, eos_ids, pad_token_id, repetition_penalty,
             )
         stop = None
@@ -322,7 +367,7 @@ def generate(
         seen = None
         if repetition_penalty != 1.0:
             seen = prompt_tokens(input_ids, attention_mask, config.vocab_size)
-        step_decode = torch.compile(step, dynamic=False) if compile else step
+        step_decode = torch.compile(step, dynamic=False) if compile and not slide else step
         return sample_tokens(
             step, input_ids, attention_mask, max_new_tokens, sampling, eos_ids, pad_token_id, stop,
             streamer, generator, seen, step_decode,

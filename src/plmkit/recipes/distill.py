@@ -33,12 +33,31 @@ from plmkit.objectives.distillation import (
     soft_target_loss,
 )
 from plmkit.objectives.mlm import IGNORE
-from plmkit.recipes.finetune import TASKS, DataConfig, _accepts_token_types, format_table
+from plmkit.recipes.finetune import TASKS, _accepts_token_types, format_table
 from plmkit.training import StepOutput, TrainConfig, train
 
 
 def _default_train() -> TrainConfig:
     return TrainConfig(max_steps=1000, lr=5e-5, schedule="linear", min_lr_ratio=0.0, weight_decay=0.01)
+
+
+@dataclass
+class DataConfig:
+    """The classification data options of finetune's DataConfig; its QA and mixture options do not apply."""
+
+    train_file: str = field(default="", metadata={"help": "training file (TSV/JSONL/CSV)"})
+    eval_file: str = field(default="", metadata={"help": "evaluation file in the same format"})
+    text_column: str = field(default="", metadata={"help": "text column ('': sentence for TSV, else text)"})
+    pair_column: str = field(default="", metadata={"help": "second-segment column for pair tasks ('': none)"})
+    label_column: str = field(default="label", metadata={"help": "label column of TSV/JSONL/CSV files"})
+    labels: list[str] = field(
+        default_factory=list, metadata={"help": "label set in id order ('': the teacher's, else the data's)"}
+    )
+    max_train_examples: int = field(default=0, metadata={"help": "use the first N training records (0: all)"})
+    max_eval_examples: int = field(default=0, metadata={"help": "use the first N eval records (0: all)"})
+    max_length: int = field(default=128, metadata={"help": "tokens per sequence"})
+    batch_size: int = field(default=32, metadata={"help": "training examples per micro-batch"})
+    eval_batch_size: int = field(default=64, metadata={"help": "examples per evaluation batch"})
 
 
 @dataclass

@@ -65,8 +65,12 @@ class DataConfig:
     max_eval_examples: int = field(
         default=0, metadata={"help": "use the first N evaluation records (0: all)"}
     )
-    max_length: int = field(default=128, metadata={"help": "tokens per sequence (QA: per window)"})
-    stride: int = field(default=128, metadata={"help": "QA: context tokens shared by consecutive windows"})
+    max_length: int = field(
+        default=0, metadata={"help": "tokens per sequence, QA: per window (0: qa 384, others 128)"}
+    )
+    stride: int = field(
+        default=0, metadata={"help": "QA: context tokens shared by consecutive windows (0: max_length // 3)"}
+    )
     max_answer_length: int = field(default=30, metadata={"help": "QA: longest answer span in tokens"})
     batch_size: int = field(default=32, metadata={"help": "training examples per micro-batch"})
     eval_batch_size: int = field(default=64, metadata={"help": "examples per evaluation batch"})
@@ -309,6 +313,8 @@ class Task:
     # read data.train_file / data.eval_file; and their own batch sampler, or None to shuffle.
     read_splits: Callable[[DataConfig], tuple[list, list] | None] | None = None
     batches: Callable[[Sequence[dict], Sequence[Any], DataConfig, int, Callable], Any] | None = None
+    # --data.max_length when it is 0. QA: transformers' run_qa.py windows (384 tokens, stride 128).
+    max_length: int = 128
 
 
 TASKS: dict[str, Task] = {
@@ -322,7 +328,7 @@ TASKS: dict[str, Task] = {
         "accuracy",
     ),
     "ner": Task(read_tagging, tagging_labels, encode_ner, token_head, tagging_step, evaluate_tagging, "f1"),
-    "qa": Task(read_qa, no_labels, encode_span, span_head, span_step, evaluate_qa, "f1"),
+    "qa": Task(read_qa, no_labels, encode_span, span_head, span_step, evaluate_qa, "f1", max_length=384),
     "text2text": Task(
         t2t.read_text2text,
         t2t.no_label_set,
@@ -377,6 +383,18 @@ def _write_label_names(model_dir: Path, labels: Sequence[str]) -> None:
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
+def _resolve_lengths(d: DataConfig, task: Task, model: nn.Module) -> DataConfig:
+    """Lengths left at 0 take the task's default, capped at the model's positions (as run_qa.py caps
+    at the tokenizer's), and a stride of a third of the window, so the defaults always fit together."""
+    max_length = d.max_length
+    if max_length == 0:
+        max_length = task.max_length
+        positions = getattr(model.config, "max_positions", None)
+        if positions:
+            max_length = min(max_length, positions)
+    return replace(d, max_length=max_length, stride=d.stride or max_length // 3)
+
+
 def run(cfg: Config) -> dict:
     from plmkit.data.batches import ShuffledBatches
     from plmkit.interop.hf import FAMILIES, load, save_hf
@@ -405,6 +423,8 @@ def run(cfg: Config) -> dict:
 
     pretrained = load(cfg.pretrained)
     tokenizer = pretrained.require_tokenizer()
+    cfg = replace(cfg, data=_resolve_lengths(d, task, pretrained.model))
+    d = cfg.data
     model = build_task_model(pretrained.model, task, len(labels), cfg)
     model_type = getattr(model.config, "model_type", None)
     if cfg.out_dir and model_type in FAMILIES:

@@ -1,8 +1,11 @@
-"""Generate text from a causal LM checkpoint (plmkit or Hugging Face format), streamed to the terminal.
+"""Generate text from a causal LM or an encoder-decoder checkpoint (plmkit or Hugging Face format).
 
 Greedy by default; `--do_sample` with temperature / top-k / top-p samples; `--num_beams` > 1 runs beam
 search (printed at the end). Generation stops at the tokenizer's EOS, at any `--stop` string, or after
-`--max_new_tokens`.
+`--max_new_tokens`. A causal LM's continuation is streamed to the terminal; past the model's context
+window it keeps generating on the last window of tokens, as nanoGPT's sampler does (`--no-sliding_window`
+makes that an error). An encoder-decoder (T5, BART) reads the prompt as its source and prints the
+generated target; encoder-only models (BERT and kin) are refused.
 
     plmkit generate --model=runs/gpt/hf --prompt="ROMEO:" --max_new_tokens=200 --do_sample --top_k=40
 """
@@ -35,24 +38,58 @@ class Config:
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     stream: bool = field(default=True, metadata={"help": "print tokens as they come (one prompt only)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the decode step"})
+    sliding_window: bool = field(default=True, metadata={
+        "help": "past the context window, predict from the last window of tokens (causal LMs)"})
     allow_pickle: bool = field(default=False, metadata={"help": "allow a pickle .bin checkpoint (runs code)"})
 
 
 class _Printer:
     """Prints the decoded continuation incrementally (re-decoding keeps multi-byte tokens whole)."""
 
-    def __init__(self, tokenizer: object):
+    def __init__(self, tokenizer: object, prompt: str):
         self.tokenizer = tokenizer
+        self.prompt = prompt
         self.ids: list[int] = []
         self.shown = ""
+        self.started = False
 
     def __call__(self, tokens: torch.Tensor) -> None:
+        if not self.started:  # the prompt appears with the first token, never before an early error
+            sys.stdout.write(self.prompt)
+            self.started = True
         self.ids.append(int(tokens[0]))
         text = self.tokenizer.decode(self.ids)
         if text.startswith(self.shown) and not text.endswith("\ufffd"):
             sys.stdout.write(text[len(self.shown):])
             sys.stdout.flush()
             self.shown = text
+
+
+def _kind(model: torch.nn.Module) -> str:
+    """"causal", "seq2seq" or "encoder": what kind of generation (if any) the loaded model supports."""
+    from plmkit.models.heads import LMHead
+
+    backbone, head = getattr(model, "backbone", model), getattr(model, "head", None)
+    if not isinstance(head, LMHead):
+        return "encoder"
+    if hasattr(backbone, "encode") and hasattr(backbone, "decode"):
+        return "seq2seq"
+    return "causal" if hasattr(model.config, "num_kv_heads") else "encoder"
+
+
+def _generate_seq2seq(cfg: Config, model: torch.nn.Module, tokenizer: object, sources: list[str]) -> dict:
+    from plmkit.models.seq2seq_generation import generate_texts
+
+    if cfg.stop or cfg.repetition_penalty != 1.0:
+        raise ConfigError("--stop and --repetition_penalty apply to causal LMs only, not to encoder-decoders")
+    texts = generate_texts(
+        model, tokenizer, sources, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, num_beams=cfg.num_beams,
+        length_penalty=cfg.length_penalty, generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    for text in texts:
+        print(text)
+    return {"text": texts}
 
 
 def run(cfg: Config) -> dict:
@@ -62,6 +99,13 @@ def run(cfg: Config) -> dict:
     if not cfg.model:
         raise ConfigError("--model is required: a checkpoint directory")
     loaded = load(cfg.model, allow_pickle=cfg.allow_pickle)
+    kind = _kind(loaded.model)
+    if kind == "encoder":
+        model_type = loaded.hf_config.get("model_type", type(loaded.model).__name__)
+        raise ConfigError(
+            f"{cfg.model}: a {model_type} model without a generating LM head cannot generate; "
+            "generate needs a causal LM (GPT-2, Llama) or an encoder-decoder (T5, BART)"
+        )
     tokenizer = loaded.require_tokenizer()
     if cfg.prompts_file:
         try:
@@ -70,6 +114,8 @@ def run(cfg: Config) -> dict:
             raise DataError(f"{cfg.prompts_file}: cannot read prompts ({e.strerror})") from None
     else:
         texts_in = [cfg.prompt]
+    if kind == "seq2seq":
+        return _generate_seq2seq(cfg, loaded.model, tokenizer, texts_in)
     prompts = [tokenizer.encode(p, add_special_tokens=False) for p in texts_in]
     if any(not p for p in prompts):
         bos = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
@@ -77,18 +123,22 @@ def run(cfg: Config) -> dict:
             raise ConfigError("an empty --prompt needs a tokenizer with a BOS or EOS token to start from")
         prompts = [p or [bos] for p in prompts]
     stream = cfg.stream and len(prompts) == 1 and cfg.num_beams == 1
-    printer = _Printer(tokenizer) if stream else None
-    if stream:
-        sys.stdout.write(texts_in[0])
-        sys.stdout.flush()
-    new = generate(
-        loaded.model, prompts, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-        repetition_penalty=cfg.repetition_penalty, num_beams=cfg.num_beams, length_penalty=cfg.length_penalty,
-        eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, stop_strings=cfg.stop,
-        tokenizer=tokenizer, streamer=printer, generator=torch.Generator().manual_seed(cfg.seed),
-        compile=cfg.compile,
-    )
+    printer = _Printer(tokenizer, texts_in[0]) if stream else None
+    try:
+        new = generate(
+            loaded.model, prompts, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+            repetition_penalty=cfg.repetition_penalty, num_beams=cfg.num_beams,
+            length_penalty=cfg.length_penalty, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
+            stop_strings=cfg.stop, tokenizer=tokenizer, streamer=printer,
+            generator=torch.Generator().manual_seed(cfg.seed), compile=cfg.compile,
+            sliding_window=cfg.sliding_window,
+        )
+    except BaseException:
+        if printer is not None and printer.started:  # an error (or Ctrl-C) starts on its own line
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        raise
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     texts = []
     for prompt_text, row in zip(texts_in, new.tolist()):
