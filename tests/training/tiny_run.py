@@ -121,14 +121,14 @@ def run(
 
 def _slow_down_writes(step: int, seconds: float) -> None:
     """Sleep after each file of checkpoint `step`, so a test can kill the process mid-write."""
-    finish = checkpoint._finish_file
+    finish = checkpoint.fsync_file
 
     def slow_finish(path: Path) -> None:
         finish(path)
         if path.parent.name == f".tmp-step-{step}":
             time.sleep(seconds)
 
-    checkpoint._finish_file = slow_finish
+    checkpoint.fsync_file = slow_finish
 
 
 def main(argv: list[str]) -> None:

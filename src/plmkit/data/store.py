@@ -7,18 +7,20 @@
 
 Layout of a store directory: `shard_NNNNN.bin` (raw little-endian token ids, uint16 when every id fits,
 else uint32), `manifest.json` (dtype, shards with token counts, the tokenizer fingerprint, the separator id
-and the source files), and `tokenizer/` (the tokenizer the ids came from). Every document is followed by
+and the source files with their sizes and sha256), and `tokenizer/` (the tokenizer the ids came from).
+`TokenStore.stale_reason` compares a store with the inputs and tokenizer a run asks for, so a store is
+never silently reused for other text. Every document is followed by
 the separator (the tokenizer's EOS), so packing many documents into one window still tells the model
 where one ends, as GPT-2 and nanoGPT do with `<|endoftext|>`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
 import shutil
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,11 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from plmkit.data.readers_text import Split, read_documents
 from plmkit.data.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
 from plmkit.errors import DataError, PlmkitError
+from plmkit.io import fsync_dir
+from plmkit.progress import progress_bar
 
 __all__ = ["build_store", "TokenStore", "PackedBatches", "store_dtype"]
 
@@ -39,6 +42,15 @@ VERSION = 1
 MANIFEST = "manifest.json"
 
 AnyTokenizer = Tokenizer | CharTokenizer
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def store_dtype(vocab_size: int) -> np.dtype:
@@ -120,17 +132,6 @@ class _ShardWriter:
             self._file = None
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def build_store(
     inputs: Sequence[str | Path],
     tokenizer: AnyTokenizer,
@@ -173,14 +174,15 @@ def build_store(
         shutil.rmtree(tmp)
     tmp.mkdir()
     sources = [
-        {"path": str(p.resolve()), "size_bytes": p.stat().st_size, "num_documents": 0, "num_tokens": 0}
+        {"path": str(p.resolve()), "size_bytes": p.stat().st_size, "sha256": file_sha256(p),
+         "num_documents": 0, "num_tokens": 0}
         for p in paths
     ]
     writer = _ShardWriter(tmp, dtype, shard_tokens)
     try:
         tasks = _chunks(paths, text_field, split, chunk_docs, chunk_chars=1 << 20)
-        bar = tqdm(total=sum(s["size_bytes"] for s in sources), unit="B", unit_scale=True,
-                   desc=f"tokenizing into {out_dir.name}", disable=not progress, file=sys.stderr)
+        bar = progress_bar(sum(s["size_bytes"] for s in sources), f"tokenizing into {out_dir.name}",
+                           unit="B", disable=not progress)
         if num_proc > 1:
             # fork keeps the tokenizer without pickling it per task; results arrive in input order.
             methods = multiprocessing.get_all_start_methods()
@@ -234,7 +236,7 @@ def build_store(
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
     except BaseException:
         writer.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -246,7 +248,7 @@ def build_store(
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out_dir)
-    _fsync_dir(out_dir.parent)
+    fsync_dir(out_dir.parent)
     return out_dir
 
 
@@ -309,6 +311,44 @@ class TokenStore:
     def tokenizer(self) -> AnyTokenizer:
         """The tokenizer saved with the store."""
         return load_tokenizer(self.path / "tokenizer")
+
+    def stale_reason(
+        self,
+        inputs: Sequence[str | Path],
+        tokenizer: AnyTokenizer | None = None,
+        text_field: str = "text",
+        split: str = "blank_line",
+        add_special_tokens: bool = False,
+    ) -> str | None:
+        """Why this store does not hold `inputs` tokenized by `tokenizer` (None: it does).
+
+        Inputs match when they are the same files (resolved paths, in order) with the same sizes and
+        sha256; the tokenizer by fingerprint; the same document split, JSONL text field, special tokens.
+        """
+        recorded = self.manifest.get("sources", [])
+        paths = [Path(p) for p in inputs]
+        for path in paths:
+            if not path.is_file():
+                return f"input {path} {'is not a file' if path.exists() else 'not found'}"
+        wanted = [str(p.resolve()) for p in paths]
+        have = [s.get("path") for s in recorded]
+        if wanted != have:
+            return f"it was built from {', '.join(map(str, have)) or 'nothing'}, not {', '.join(wanted)}"
+        for path, source in zip(paths, recorded):
+            size = path.stat().st_size
+            if size != source.get("size_bytes"):
+                return f"{path} is {size} bytes now, {source.get('size_bytes')} when the store was built"
+            if "sha256" not in source:
+                return f"its manifest records no hash of {path} (built by an older plmkit)"
+            if file_sha256(path) != source["sha256"]:
+                return f"{path} changed since the store was built (sha256 differs)"
+        if tokenizer is not None and tokenizer.fingerprint() != self.tokenizer_fingerprint:
+            return "it was built with another tokenizer (fingerprints differ)"
+        options = (("split", split), ("text_field", text_field), ("add_special_tokens", add_special_tokens))
+        for key, value in options:
+            if self.manifest.get(key) != value:
+                return f"it was built with {key}={self.manifest.get(key)!r}, not {value!r}"
+        return None
 
     def check_tokenizer(self, tokenizer: AnyTokenizer) -> None:
         """Raise if `tokenizer` is not the one the ids were made with."""

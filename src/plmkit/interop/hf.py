@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import nn
 from plmkit.errors import CheckpointError, TokenizerError
 from plmkit.interop import bart, bert, gpt2, llama, t5
 from plmkit.interop.convert import drop_tied
+from plmkit.io import atomic_dir
 
 # model_type (config.json) -> family interop module. One line per model type.
 FAMILIES: dict[str, ModuleType] = {
@@ -166,20 +166,17 @@ def load(path: str | os.PathLike, allow_pickle: bool = False) -> Pretrained:
 def save_hf(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None) -> Path:
     """Write `config.json`, `model.safetensors` (and the tokenizer) in the layout transformers reads.
 
-    Files are written to temporaries in the target directory and renamed into place, so an error
-    midway leaves any earlier checkpoint there intact.
+    The directory is written beside `path` and published in one rename (`plmkit.io.atomic_dir`): a save
+    killed at any point leaves the previous export at `path` whole and loadable. The new export replaces
+    the old one entirely; a non-empty directory that holds no export is refused rather than replaced.
     """
     path = Path(path)
     family = _family(getattr(model.config, "model_type", None), type(model).__name__)
     hf_config, state_dict = family.export_to_hf(model)
     state_dict = drop_tied(model, {k: v.detach().cpu().contiguous() for k, v in state_dict.items()})
-    path.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path, prefix=".tmp-") as tmp:
-        tmp_dir = Path(tmp)
+    with atomic_dir(path, replaces="config.json") as tmp_dir:
         save_file(state_dict, str(tmp_dir / "model.safetensors"), metadata={"format": "pt"})
         (tmp_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save(tmp_dir)
-        for file in tmp_dir.iterdir():
-            os.replace(file, path / file.name)
     return path

@@ -24,6 +24,7 @@ from plmkit.errors import CheckpointError, ConfigError
 from plmkit.interop import bert as bert_interop
 from plmkit.interop import gpt2 as gpt2_interop
 from plmkit.interop import llama as llama_interop
+from plmkit.io import atomic_dir
 from plmkit.models.heads import TaskModel
 from plmkit.peft import REGISTRY_ATTR, LoRAConfig, LoRALinear, apply_lora, core
 
@@ -149,13 +150,10 @@ def export_peft_lora(model: nn.Module, path: str | os.PathLike, base_model_name_
         "inference_mode": True,
     }
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / f".{WEIGHTS_FILE}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path / WEIGHTS_FILE)
-    tmp_cfg = path / f".{CONFIG_FILE}.tmp"
-    tmp_cfg.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp_cfg, path / CONFIG_FILE)
+    # the whole directory is published at once: a killed save leaves the previous adapter whole
+    with atomic_dir(path, replaces=CONFIG_FILE) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return path
 
 

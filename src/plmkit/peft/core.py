@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from plmkit.errors import CheckpointError, ConfigError, TrainingError
+from plmkit.io import atomic_dir
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -256,13 +257,10 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, method: str, config:
     state = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model, name).items()}
     if not state:
         raise ConfigError("save_adapter: the model has no adapter to save")
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / f".{ADAPTER_WEIGHTS}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path / ADAPTER_WEIGHTS)
-    tmp_cfg = path / f".{ADAPTER_CONFIG}.tmp"
-    tmp_cfg.write_text(json.dumps({"method": method, "config": config}, indent=2) + "\n")
-    os.replace(tmp_cfg, path / ADAPTER_CONFIG)
+    # the whole directory is published at once: a killed save leaves the previous adapter whole
+    with atomic_dir(path, replaces=ADAPTER_CONFIG) as tmp:
+        save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps({"method": method, "config": config}, indent=2) + "\n")
     return path
 
 

@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from plmkit.errors import CheckpointError
+from plmkit.io import fsync_dir, fsync_file
 from plmkit.training import distributed
 
 MANIFEST = "manifest.json"
@@ -171,23 +172,9 @@ def model_description(model: nn.Module) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------- writing
 
 
-def _finish_file(path: Path) -> None:
-    """fsync one written file so the later rename never publishes a directory whose data is still in cache."""
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
-    _finish_file(path)
+    fsync_file(path)
 
 
 def _sha256(path: Path) -> str:
@@ -249,9 +236,9 @@ def save_checkpoint(
         tmp = out / f".tmp-step-{step}"
         tmp.mkdir()
         save_file(model_state, tmp / "model.safetensors", metadata={"aliases": json.dumps(aliases)})
-        _finish_file(tmp / "model.safetensors")
+        fsync_file(tmp / "model.safetensors")
         save_file(optim_tensors, tmp / "optimizer.safetensors", metadata=optim_meta)
-        _finish_file(tmp / "optimizer.safetensors")
+        fsync_file(tmp / "optimizer.safetensors")
         _write_json(tmp / "config.json", {**model_description(model), **(configs or {})})
         trainer_state = {
             "step": step,
@@ -263,15 +250,18 @@ def save_checkpoint(
         _write_json(tmp / "trainer_state.json", trainer_state)
         if tokenizer is not None:
             tokenizer.save(tmp)
+            for written in tmp.iterdir():
+                if written.is_file():
+                    fsync_file(written)
         files = {
             p.name: {"sha256": _sha256(p), "size": p.stat().st_size}
             for p in sorted(tmp.iterdir())
             if p.is_file()
         }
         _write_json(tmp / MANIFEST, {"format": "plmkit-checkpoint", "step": step, "files": files})
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, final)
-        _fsync_dir(out)
+        fsync_dir(out)
         if keep_last > 0:
             published = [(n, p) for n, p in step_dirs(out) if (p / MANIFEST).is_file()]
             for _, old in published[:-keep_last]:

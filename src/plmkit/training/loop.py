@@ -13,8 +13,8 @@ import functools
 import json
 import logging
 import math
-import os
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as recompute
-from tqdm.auto import tqdm
 
 from plmkit.data.batches import Batches
 from plmkit.errors import ConfigError, TrainingError
-from plmkit.training import distributed
+from plmkit.io import write_text
+from plmkit.progress import progress_bar
+from plmkit.training import distributed, runtime
 from plmkit.training.checkpoint import (
     capture_rng,
     find_latest,
@@ -97,7 +98,10 @@ class TrainConfig:
     tensorboard: bool = field(
         default=False, metadata={"help": "also log to TensorBoard in out_dir (if installed)"}
     )
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    progress: bool = field(
+        default=True,
+        metadata={"help": "progress: a bar on a terminal, else a plain line every 1/20 of the run or 30 s"},
+    )
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # YAML gives a list
@@ -279,9 +283,7 @@ class _MetricsLog:
                     continue
                 if isinstance(row, dict) and row.get("step", math.inf) <= start_step:
                     kept.append(line)
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            write_text(self.path, "".join(line + "\n" for line in kept))
         self.handle = open(self.path, "a")
         self.writer = None
         if tensorboard:
@@ -342,6 +344,17 @@ def _advance(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
         scheduler.step()
 
 
+def _batch_line(batches: Batches, cfg: TrainConfig, world_size: int, device: torch.device) -> str:
+    """The run's global batch, spelled out: what each rank reads and how it adds up."""
+    micro = getattr(batches, "batch_size", None)
+    total = f" = {micro * cfg.grad_accum * world_size}" if isinstance(micro, int) else ""
+    mode = "FSDP2" if cfg.fsdp else "DDP" if world_size > 1 else "one process"
+    return (
+        f"global batch = micro-batch {micro if micro is not None else '?'} x accumulation {cfg.grad_accum}"
+        f" x ranks {world_size}{total}; {mode} on {device}, precision {cfg.precision}"
+    )
+
+
 def train(
     model: nn.Module,
     step_fn: StepFn,
@@ -389,6 +402,7 @@ def train(
         decay_fraction=cfg.decay_fraction,
     )
     device_type = params[0].device.type
+    runtime.check_precision(cfg.precision, params[0].device)
     scaler = torch.amp.GradScaler(device_type, enabled=cfg.precision == "fp16")
 
     step = 0
@@ -400,9 +414,10 @@ def train(
                 logger.info("resumed from %s at step %d", latest, step)
     step_model = torch.compile(wrapped) if cfg.compile else wrapped
     log = _MetricsLog(out_dir, step, cfg.tensorboard) if out_dir is not None and info.is_main else None
-    bar = tqdm(
-        total=cfg.max_steps, initial=step, disable=not (cfg.progress and info.is_main), dynamic_ncols=True
-    )
+    if info.is_main and cfg.progress:
+        print(_batch_line(batches, cfg, info.world_size, params[0].device), file=sys.stderr, flush=True)
+    bar = progress_bar(cfg.max_steps, "train", initial=step, disable=not (cfg.progress and info.is_main),
+                       unit="step")
 
     history: list[dict[str, Any]] = []
     final_eval: dict[str, float] = {}
