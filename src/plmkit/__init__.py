@@ -11,6 +11,9 @@ _PUBLIC = {
     "load": "plmkit.interop.hf",
     "save_hf": "plmkit.interop.hf",
     "generate": "plmkit.models.generation",
+    "quantize": "plmkit.models.quantize",
+    "save_quantized": "plmkit.interop.quantized",
+    "load_quantized": "plmkit.interop.quantized",
 }
 __all__ = ["__version__", *_PUBLIC]
 
