@@ -16,6 +16,7 @@ from plmkit.alignment.dpo import (
     preference_loss,
     preference_metrics,
     preference_step,
+    robust_dpo_loss,
 )
 from plmkit.alignment.logprobs import gather_logprobs, sequence_logprobs, token_logprobs
 from plmkit.alignment.records import (
@@ -60,6 +61,7 @@ __all__ = [
     "reward_model",
     "reward_scores",
     "reward_step",
+    "robust_dpo_loss",
     "sequence_logprobs",
     "split_hh_transcript",
     "token_logprobs",

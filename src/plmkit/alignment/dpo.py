@@ -5,10 +5,14 @@ and the rejected response (`plmkit.alignment.sequence_logprobs`). With the log-r
     h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
 the per-example losses are
     sigmoid DPO      -p' log σ(β h) - (1 - p') log σ(-β h),   p' = p (1 - ε) + (1 - p) ε
+    robust DPO       (-(1 - ε) log σ(β h) + ε log σ(-β h)) / (1 - 2ε), applied to ±h with weights p, 1 - p
     IPO              (h / n - (2p - 1) / (2β))²                (n: response tokens when given, else 1)
 where p (`p_chosen`, default 1) is the probability that `chosen` is preferred (soft labels from AI
-feedback) and ε the label smoothing of conservative DPO (Mitchell 2023). At p = 1 they are the usual
-hard-label losses; at p = 0 they equal the losses with chosen and rejected swapped.
+feedback) and ε the label smoothing: conservative DPO (Mitchell 2023, the smoothing of trl < 0.20's
+sigmoid loss) assumes a share ε of the labels flipped and so never pushes the margin to infinity; robust
+DPO (Chowdhury et al. 2024, trl 1.16's `loss_type="robust"`) removes that flip noise from the expected
+loss instead, an unbiased estimate of the clean loss. At p = 1 the losses are the usual hard-label ones;
+at p = 0 they equal the losses with chosen and rejected swapped.
 
 IPO divides each response's log-ratio by its token count when lengths are given, as trl does (its authors'
 normalization, which keeps β comparable across lengths); without lengths it is the paper's Eq. 17.
@@ -31,7 +35,7 @@ from torch import Tensor, nn
 from plmkit.alignment.logprobs import sequence_logprobs
 from plmkit.errors import ConfigError
 
-LOSS_TYPES = ("sigmoid", "ipo")
+LOSS_TYPES = ("sigmoid", "robust", "ipo")
 
 
 def _labels(p_chosen: Tensor | float | None, like: Tensor) -> Tensor:
@@ -62,6 +66,32 @@ def dpo_loss(
     p = _labels(p_chosen, logits)
     p = p * (1 - label_smoothing) + (1 - p) * label_smoothing
     return -p * F.logsigmoid(logits) - (1 - p) * F.logsigmoid(-logits)
+
+
+def robust_dpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+    *,
+    p_chosen: Tensor | float | None = None,
+) -> Tensor:
+    """Robust DPO (Chowdhury et al. 2024, Eq. 9) with flip rate `label_smoothing`, soft with `p_chosen`:
+    (B,) x 4 -> (B,)."""
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ConfigError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if beta <= 0:
+        raise ConfigError(f"beta must be > 0, got {beta}")
+    logits = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
+    p = _labels(p_chosen, logits)
+    eps = label_smoothing
+
+    def one_way(x: Tensor) -> Tensor:
+        return (-(1 - eps) * F.logsigmoid(x) + eps * F.logsigmoid(-x)) / (1 - 2 * eps)
+
+    return p * one_way(logits) + (1 - p) * one_way(-logits)
 
 
 def ipo_loss(
@@ -102,10 +132,13 @@ def preference_loss(
     chosen_lengths: Tensor | None = None,
     rejected_lengths: Tensor | None = None,
 ) -> Tensor:
-    """`dpo_loss` (loss_type "sigmoid") or `ipo_loss` ("ipo") by name: (B,)."""
+    """`dpo_loss` ("sigmoid"), `robust_dpo_loss` ("robust") or `ipo_loss` ("ipo") by name: (B,)."""
     if loss_type == "sigmoid":
         return dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, label_smoothing,
                         p_chosen=p_chosen)
+    if loss_type == "robust":
+        return robust_dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta,
+                               label_smoothing, p_chosen=p_chosen)
     if loss_type == "ipo":
         if label_smoothing:
             raise ConfigError("label_smoothing is for the sigmoid loss; IPO has no label smoothing")

@@ -59,7 +59,7 @@ def _logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tens
     return out.logits if hasattr(out, "logits") else out
 
 
-def _scored_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, scored: Tensor) -> Tensor:
+def scored_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, scored: Tensor) -> Tensor:
     """(B, T) log-probs at the positions where `scored` (B, T; position 0 never) is true, 0.0 elsewhere."""
     inner = _unwrap(model)
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
@@ -83,7 +83,7 @@ def token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) 
     _check_inputs(input_ids, attention_mask)
     scored = attention_mask.bool().clone()
     scored[:, 0] = False
-    return _scored_logprobs(model, input_ids, attention_mask, scored)
+    return scored_logprobs(model, input_ids, attention_mask, scored)
 
 
 def sequence_logprobs(
@@ -98,4 +98,4 @@ def sequence_logprobs(
     scored = response_mask.bool() & attention_mask.bool()
     if bool(scored[:, 0].any()):
         raise ConfigError("response_mask is 1 at position 0, which no token predicts")
-    return _scored_logprobs(model, input_ids, attention_mask, scored).sum(-1)
+    return scored_logprobs(model, input_ids, attention_mask, scored).sum(-1)
