@@ -30,6 +30,7 @@ COMMANDS: Commands = {
     "merge": "plmkit.recipes.merge",
     "world": "plmkit.recipes.world",
     "tour": "plmkit.recipes.tour",
+    "ppo": "plmkit.recipes.ppo",
     "tokenizer": {
         "train": "plmkit.recipes.tokenizer",
     },
