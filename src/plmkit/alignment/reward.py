@@ -15,7 +15,11 @@ The loss and the accuracy (r_chosen > r_rejected, ties wrong) are those of trl's
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -106,6 +110,35 @@ def reward_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, *
         bad = int((~torch.isfinite(scores)).nonzero()[0, 0])
         raise DataError(f"reward model returned a non-finite score (row {bad} of the batch)")
     return scores
+
+
+def save_reward_model(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None) -> Path:
+    """Write the reward model so that transformers loads it as `...ForSequenceClassification` (num_labels=1).
+
+    A decoder's transformers class finds the last real token as the last one that is not `pad_token_id`,
+    so config.json gets the tokenizer's pad id, and none when the tokenizer has no pad token distinct from
+    EOS (a response ends in EOS, so a pad equal to it would move the read-out one token back; transformers
+    then reads the last position, right for unpadded rows).
+    """
+    from plmkit.interop.hf import save_hf
+
+    path = save_hf(model, path, tokenizer=tokenizer)
+    backbone = model.backbone if isinstance(model, TaskModel) else model
+    if getattr(backbone.config, "model_type", "") in ENCODER_TYPES:
+        return path
+    pad, eos = getattr(tokenizer, "pad_id", None), getattr(tokenizer, "eos_id", None)
+    config_path = path / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["pad_token_id"] = pad if pad is not None and pad != eos else None
+    if eos is not None:
+        config["eos_token_id"] = eos
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=".config-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(config, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, config_path)
+    return path
 
 
 # ---- data -------------------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 Hugging Face's GPT-2 keeps OpenAI's layout: `Conv1D` layers that store weights as (in, out), the
 transpose of `nn.Linear`, and one fused `c_attn` projection for queries, keys and values, which
 plmkit splits into q_proj/k_proj/v_proj so PEFT targets work the same on every family.
+
+`GPT2ForSequenceClassification` with one label (a reward model: `score`, no bias, read at the last
+non-pad token) is a `TaskModel(GPT2Model, ScalarHead)`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from torch import nn
 from plmkit.errors import CheckpointError
 from plmkit.interop.convert import KeyMap, load_checked
 from plmkit.models.gpt import GPT2Config, GPT2Model, gpt2_lm
-from plmkit.models.heads import TaskModel
+from plmkit.models.heads import ScalarHead, TaskModel
 
 MODEL_TYPES = ("gpt2",)
 
@@ -73,7 +76,13 @@ def build_from_hf(hf_config: dict, state_dict: dict[str, torch.Tensor]) -> nn.Mo
     cfg = config_from_hf(hf_config)
     archs = hf_config.get("architectures") or ["GPT2LMHeadModel"]
     backbone_only = archs[0] == "GPT2Model"
-    model: nn.Module = GPT2Model(cfg) if backbone_only else gpt2_lm(cfg)
+    scalar = archs[0] == "GPT2ForSequenceClassification"
+    if scalar and int(hf_config.get("num_labels", len(hf_config.get("id2label") or {}) or 2)) != 1:
+        raise CheckpointError("config.json: GPT2ForSequenceClassification is read with num_labels=1 only")
+    model: nn.Module = (
+        GPT2Model(cfg) if backbone_only else TaskModel(GPT2Model(cfg), ScalarHead(cfg.d_model)) if scalar
+        else gpt2_lm(cfg)
+    )
     prefix = "" if backbone_only else "backbone."
     converted: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
@@ -81,8 +90,11 @@ def build_from_hf(hf_config: dict, state_dict: dict[str, torch.Tensor]) -> nn.Mo
         key = hf_key.removeprefix("transformer.")
         if key.endswith(IGNORED_SUFFIXES):
             continue
+        if key == "score.weight" and scalar:
+            converted["head.score.weight"], origin["head.score.weight"] = tensor, hf_key
+            continue
         if key == "lm_head.weight":
-            if backbone_only:
+            if backbone_only or scalar:
                 continue
             converted["head.lm_head.weight"], origin["head.lm_head.weight"] = tensor, hf_key
             continue
@@ -130,11 +142,19 @@ def export_to_hf(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
         if tensor.dim() == 2 and (".c_proj." in hf_key or ".c_fc." in hf_key):
             tensor = _conv1d(tensor)
         out["transformer." + hf_key] = tensor.contiguous()
-    is_lm = isinstance(model, TaskModel)
-    if is_lm and not cfg.tie_embeddings:
+    is_scalar = isinstance(model, TaskModel) and isinstance(model.head, ScalarHead)
+    is_lm = isinstance(model, TaskModel) and not is_scalar
+    if is_scalar:
+        if model.head.score.bias is not None:
+            raise CheckpointError("a ScalarHead with a bias has no GPT2ForSequenceClassification layout")
+        out["score.weight"] = model.head.score.weight.detach().contiguous()
+    elif is_lm and not cfg.tie_embeddings:
         out["lm_head.weight"] = model.head.lm_head.weight.detach().contiguous()
+    architecture = (
+        "GPT2ForSequenceClassification" if is_scalar else "GPT2LMHeadModel" if is_lm else "GPT2Model"
+    )
     hf = {
-        "architectures": ["GPT2LMHeadModel" if is_lm else "GPT2Model"],
+        "architectures": [architecture],
         "model_type": "gpt2",
         "vocab_size": cfg.vocab_size,
         "n_positions": cfg.max_positions,
@@ -152,6 +172,8 @@ def export_to_hf(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
         "tie_word_embeddings": cfg.tie_embeddings,
         "torch_dtype": "float32",
     }
+    if is_scalar:
+        hf.update(num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
     return hf, {k: v.detach() for k, v in out.items()}
 
 
