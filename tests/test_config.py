@@ -103,6 +103,41 @@ def test_unknown_cli_key_names_it_and_suggests():
         parse(Cfg, ["--lrr=1"])
 
 
+def test_suggestions_are_near_matches_only(tmp_path):
+    from plmkit.recipes import pretrain
+
+    path = tmp_path / "optim.yaml"
+    path.write_text("optim:\n  lr: 0.001\n")
+    with pytest.raises(ConfigError) as e:
+        parse(pretrain.Config, [f"--config={path}"])
+    assert str(e.value) == f"unknown key 'optim' in {path}"  # not "did you mean 'sop'"
+    with pytest.raises(ConfigError) as e:  # a known leaf under an unknown group: the real key
+        parse(pretrain.Config, ["--optim.lr=1e-3"])
+    assert str(e.value) == "unknown option --optim.lr (did you mean --train.lr?)"
+    with pytest.raises(ConfigError) as e:
+        parse(Cfg, ["--steeps=3"])
+    assert str(e.value) == "unknown option --steeps (did you mean --steps?)"
+    with pytest.raises(ConfigError) as e:
+        parse(Cfg, ["--width=3"])
+    assert str(e.value) == "unknown option --width"
+
+
+@dataclass
+class ChoiceCfg:
+    kind: str = field(default="b", metadata={"help": "the kind", "choices": lambda: KINDS})
+
+
+KINDS = {"alpha": 1, "beta": 2}
+
+
+def test_dict_valued_choices_in_help_and_checked():
+    assert "the kind: alpha, beta (default: 'b')" in help_text(ChoiceCfg)
+    assert parse(ChoiceCfg, ["--kind=beta"]).kind == "beta"
+    with pytest.raises(ConfigError) as e:
+        parse(ChoiceCfg, ["--kind=betta"])
+    assert str(e.value) == "--kind='betta' is not one of alpha, beta (did you mean 'beta'?)"
+
+
 def test_unknown_yaml_key_names_file_and_suggests(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model:\n  n_layers: 3\n")

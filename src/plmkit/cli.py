@@ -8,7 +8,6 @@ runs, so `plmkit --help` reads each recipe's one-line summary from its source wi
 from __future__ import annotations
 
 import ast
-import difflib
 import importlib
 import importlib.util
 import json
@@ -16,7 +15,7 @@ import sys
 from types import ModuleType
 
 from plmkit import __version__
-from plmkit.config import help_text, parse
+from plmkit.config import closest, help_text, parse
 from plmkit.errors import PlmkitError
 
 Commands = dict[str, "str | Commands"]
@@ -90,9 +89,9 @@ def _resolve(argv: list[str]) -> tuple[str, str | Commands, list[str]]:
         word = rest.pop(0)
         if word not in node:
             where = " ".join(words)
-            hint = difflib.get_close_matches(word, list(node), n=1, cutoff=0.5)
+            hint = closest(word, list(node))
             full = f"{where} {word}".strip()
-            tail = f" (did you mean '{(where + ' ' + hint[0]).strip()}'?)" if hint else ""
+            tail = f" (did you mean '{(where + ' ' + hint).strip()}'?)" if hint else ""
             raise PlmkitError(f"unknown command '{full}'{tail}; `plmkit --help` lists them")
         words.append(word)
         node = node[word]

@@ -7,6 +7,10 @@
 
     cfg = parse(Config, ["--config", "run.yaml", "--model.n_layer=4", "--lr", "1e-3", "--no-compile"])
 
+A string field may list its valid values as `metadata={"choices": TABLE}` (a dict, whose keys count, a
+sequence, or a function returning one, for a table defined further down the module): `--help` lists them
+and a value outside them is an error that suggests the nearest.
+
 A group may name one field as its shorthand (`SHORTHAND: ClassVar[str] = "method"`): then `--peft lora`
 (or `peft: lora` in YAML) means `--peft.method=lora`, and `--peft.r 8` still sets the rest of the group.
 
@@ -19,7 +23,6 @@ file it came from) and suggests the closest valid key or choice.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from pathlib import Path
@@ -31,7 +34,7 @@ from plmkit.errors import ConfigError
 
 T = TypeVar("T")
 
-__all__ = ["parse", "load_yaml", "help_text", "to_dict", "from_dict", "option_names"]
+__all__ = ["parse", "load_yaml", "help_text", "to_dict", "from_dict", "option_names", "closest"]
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -97,19 +100,57 @@ def option_names(cls: type, prefix: str = "") -> list[str]:
     return names
 
 
+def _edits(a: str, b: str) -> int:
+    """Edit distance counting a swap of two neighbours as one edit (optimal string alignment)."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        prev2, prev = prev, row
+    return prev[-1]
+
+
+def closest(word: str, choices: list[str]) -> str | None:
+    """The choice `word` is a near miss of, or None: at most one edit per three characters (one at least),
+    or one is the other's prefix of two or more characters ("lrate" -> "lr"). A far guess ("optim" ->
+    "sop") misleads more than no guess."""
+    best: tuple[int, str] | None = None
+    for choice in choices:
+        distance = _edits(word.lower(), choice.lower())
+        shorter, longer = sorted((word, choice), key=len)
+        near = distance <= max(1, len(word) // 3) or (len(shorter) >= 2 and longer.startswith(shorter))
+        if near and (best is None or distance < best[0]):
+            best = (distance, choice)
+    return best[1] if best else None
+
+
 def _suggest(word: str, choices: list[str]) -> str | None:
     # Siblings first (same group), so "lrate" suggests "lr" rather than a longer key elsewhere.
     parent = word.rpartition(".")[0]
     siblings = [c for c in choices if c.rpartition(".")[0] == parent]
-    for pool, cutoff in ((siblings, 0.5), (choices, 0.6)):
-        close = difflib.get_close_matches(word, pool, n=1, cutoff=cutoff)
+    for pool in (siblings, choices):
+        close = closest(word, pool)
         if close:
-            return close[0]
-    # A misspelled leaf under the right group still deserves a hint: compare the last component only.
+            return close
+    # A misspelled leaf under another group still deserves a hint: compare the last component only.
     leaf = word.rsplit(".", 1)[-1]
     by_leaf = {c.rsplit(".", 1)[-1]: c for c in choices}
-    close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)
-    return by_leaf[close[0]] if close else None
+    close = closest(leaf, list(by_leaf))
+    return by_leaf[close] if close else None
+
+
+def choices_of(f: dataclasses.Field) -> list[str] | None:
+    """The valid values a field's metadata names (`choices`: dict keys, a sequence, or a function)."""
+    table = f.metadata.get("choices")
+    if table is None:
+        return None
+    if callable(table):
+        table = table()
+    return [str(c) for c in table]
 
 
 def _type_name(tp: Any) -> str:
@@ -297,6 +338,12 @@ def _build(cls: type[T], data: dict[str, Any], base: Any, prefix: str, where: _W
                 group = f"--{prefix}{name}"
                 raise ConfigError(f"{group} is a group of options; set its fields as {group}.KEY")
             kwargs[name] = _convert(value, tp, prefix + name, where)
+            choices = choices_of(f)
+            if choices is not None and str(kwargs[name]) not in choices:
+                key = f"--{prefix}{name}" if isinstance(value, _Cli) else where.key(prefix + name)
+                hint = closest(str(kwargs[name]), choices)
+                tail = f" (did you mean '{hint}'?)" if hint else ""
+                raise ConfigError(f"{key}={kwargs[name]!r} is not one of {', '.join(choices)}{tail}")
     missing = [n for n, f in fields.items() if n not in kwargs and _field_default(f) is _MISSING]
     if missing:
         raise ConfigError(f"missing required option --{prefix + missing[0]}")
@@ -509,6 +556,9 @@ def _help_rows(cls: type, prefix: str, base: Any) -> list[tuple[str, str, str, s
         tp = hints[f.name]
         value = getattr(base, f.name) if base is not None else _field_default(f)
         doc = f.metadata.get("help", "")
+        choices = choices_of(f)
+        if choices is not None:
+            doc = f"{doc}: {', '.join(choices)}" if doc else f"one of {', '.join(choices)}"
         sub = _dataclass_in(tp)
         if sub is not None:
             rows.append((f"{prefix}{f.name}", "", "", f"[group] {doc}".rstrip()))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -54,7 +55,8 @@ def test_separators_manifest_and_document_splits(tmp_path):
     assert manifest["dtype"] == "uint16" and manifest["separator_id"] == eos
     assert manifest["num_tokens"] == 10 and manifest["num_documents"] == 2
     assert manifest["sources"] == [
-        {"path": str(text.resolve()), "size_bytes": 12, "num_documents": 2, "num_tokens": 10}
+        {"path": str(text.resolve()), "size_bytes": 12,
+         "sha256": hashlib.sha256(text.read_bytes()).hexdigest(), "num_documents": 2, "num_tokens": 10}
     ]
     assert manifest["tokenizer_fingerprint"] == tok.fingerprint()
     assert store.tokenizer().itos == tok.itos
@@ -182,3 +184,19 @@ def test_store_checks_batch_size_and_tokenizer(store, gpt2):
     store.check_tokenizer(gpt2)
     with pytest.raises(DataError, match="built with another tokenizer"):
         store.check_tokenizer(CharTokenizer.from_text("abc"))
+
+
+def test_stale_reason_names_what_changed(tmp_path):
+    tok = CharTokenizer(list("abcd \n"), special_tokens={"eos": "<eos>"})
+    one, two = tmp_path / "one.txt", tmp_path / "two.txt"
+    one.write_text("ab\n\ncd\n")
+    two.write_text("dc\n\nba\n")
+    store = TokenStore(build_store([one], tok, tmp_path / "s", progress=False))
+    assert store.stale_reason([one], tok) is None
+    assert store.stale_reason([two], tok) == f"it was built from {one.resolve()}, not {two.resolve()}"
+    assert "another tokenizer" in store.stale_reason([one], CharTokenizer(list("abcd \n")))
+    assert store.stale_reason([one], tok, split="line") == "it was built with split='blank_line', not 'line'"
+    one.write_text("ba\n\ndc\n")  # same size, other bytes
+    assert store.stale_reason([one], tok) == f"{one} changed since the store was built (sha256 differs)"
+    one.write_text("abc\n")
+    assert store.stale_reason([one], tok) == f"{one} is 4 bytes now, 7 when the store was built"

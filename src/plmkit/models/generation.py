@@ -21,7 +21,7 @@ from torch import nn
 
 from plmkit.errors import ConfigError
 from plmkit.models.cache import KVCache
-from plmkit.models.heads import TaskModel
+from plmkit.models.heads import LMHead, TaskModel
 
 StepFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -205,6 +205,17 @@ def beam_search(
     lengths = (best != pad_id).long()
     n = int(lengths.cumsum(-1).argmax(-1).max()) + 1 if best.numel() else 0
     return best[:, : max(n, 1)]
+
+
+def lm_kind(model: nn.Module) -> str:
+    """What a model generates with: "causal" (a decoder-only LM), "seq2seq" (an encoder-decoder with an LM
+    head) or "encoder" (anything else: masked LMs, classifiers, bare backbones)."""
+    backbone, head = getattr(model, "backbone", model), getattr(model, "head", None)
+    if not isinstance(head, LMHead):
+        return "encoder"
+    if hasattr(backbone, "encode") and hasattr(backbone, "decode"):
+        return "seq2seq"
+    return "causal" if hasattr(model.config, "num_kv_heads") else "encoder"
 
 
 def decoder_step(model: nn.Module, cache: KVCache) -> StepFn:

@@ -65,18 +65,6 @@ class _Printer:
             self.shown = text
 
 
-def _kind(model: torch.nn.Module) -> str:
-    """"causal", "seq2seq" or "encoder": what kind of generation (if any) the loaded model supports."""
-    from plmkit.models.heads import LMHead
-
-    backbone, head = getattr(model, "backbone", model), getattr(model, "head", None)
-    if not isinstance(head, LMHead):
-        return "encoder"
-    if hasattr(backbone, "encode") and hasattr(backbone, "decode"):
-        return "seq2seq"
-    return "causal" if hasattr(model.config, "num_kv_heads") else "encoder"
-
-
 def _generate_seq2seq(cfg: Config, model: torch.nn.Module, tokenizer: object, sources: list[str]) -> dict:
     from plmkit.models.seq2seq_generation import generate_texts
 
@@ -94,12 +82,12 @@ def _generate_seq2seq(cfg: Config, model: torch.nn.Module, tokenizer: object, so
 
 def run(cfg: Config) -> dict:
     from plmkit.interop.hf import load
-    from plmkit.models.generation import generate
+    from plmkit.models.generation import generate, lm_kind
 
     if not cfg.model:
         raise ConfigError("--model is required: a checkpoint directory")
     loaded = load(cfg.model, allow_pickle=cfg.allow_pickle)
-    kind = _kind(loaded.model)
+    kind = lm_kind(loaded.model)
     if kind == "encoder":
         model_type = loaded.hf_config.get("model_type", type(loaded.model).__name__)
         raise ConfigError(

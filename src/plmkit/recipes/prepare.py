@@ -3,7 +3,10 @@
     plmkit data prepare --inputs=train.txt --tokenizer=runs/tok --out_dir=data/train --num_proc=4
 
 Every document is followed by the tokenizer's EOS id. The store (shards, manifest.json and a copy of the
-tokenizer) is what `plmkit pretrain` reads through `PackedBatches`.
+tokenizer) is what `plmkit pretrain` reads through `PackedBatches`: prepare `DIR/train` (and `DIR/val`),
+then `plmkit pretrain --data.store_dir=DIR` trains on them without naming the text files again. Run again
+on the same inputs (paths, sizes, sha256, tokenizer) it keeps the store; on other inputs it refuses
+unless `--overwrite`.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from plmkit.data.store import TokenStore, build_store
+from plmkit.data.store import MANIFEST, TokenStore, build_store
 from plmkit.data.tokenizer import load_tokenizer
-from plmkit.errors import ConfigError
+from plmkit.errors import ConfigError, DataError
 
 
 @dataclass
@@ -46,13 +49,24 @@ def run(cfg: Config) -> dict:
         # itself off in each of them after the fork.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tokenizer = load_tokenizer(cfg.tokenizer)
-    path = build_store(
-        cfg.inputs, tokenizer, cfg.out_dir, text_field=cfg.text_field, split=cfg.split,
-        shard_tokens=cfg.shard_tokens, num_proc=cfg.num_proc, add_special_tokens=cfg.add_special_tokens,
-        overwrite=cfg.overwrite, progress=cfg.progress,
-    )
+    reused = False
+    if (Path(cfg.out_dir) / MANIFEST).is_file() and not cfg.overwrite:
+        existing = TokenStore(cfg.out_dir)
+        reason = existing.stale_reason(
+            cfg.inputs, tokenizer, cfg.text_field, cfg.split, cfg.add_special_tokens
+        )
+        if reason is not None:
+            raise DataError(f"token store {cfg.out_dir} holds other data: {reason}; --overwrite replaces it")
+        path, reused = Path(cfg.out_dir), True
+    else:
+        path = build_store(
+            cfg.inputs, tokenizer, cfg.out_dir, text_field=cfg.text_field, split=cfg.split,
+            shard_tokens=cfg.shard_tokens, num_proc=cfg.num_proc, add_special_tokens=cfg.add_special_tokens,
+            overwrite=cfg.overwrite, progress=cfg.progress,
+        )
     store = TokenStore(path)
     return {
+        "reused": reused,
         "out_dir": str(path),
         "num_tokens": store.num_tokens,
         "num_documents": store.manifest["num_documents"],

@@ -6,9 +6,15 @@ loop; every `train.eval_every` steps (and at the end) it reports the validation 
 With `train.out_dir` set, checkpoints land there and the final model is also exported in Hugging Face
 format to `<out_dir>/hf`.
 
+The stores live in `data.store_dir` (default `<out_dir>/store`) as `train/` and `val/`. A store is reused
+only for the same inputs (paths, sizes, sha256, tokenizer, split); other inputs are refused in one line
+(`--data.rebuild_store` rebuilds it). Stores made by `plmkit data prepare --out_dir=DIR/train` (and
+`DIR/val`) train with `--data.store_dir=DIR` and no text files; the tokenizer then comes from the store.
+
     plmkit pretrain --config configs/gpt-shakespeare-char.yaml
     plmkit pretrain --objective=clm --model.family=gpt2 --data.train_files=a.txt,b.txt \\
         --data.tokenizer=char --train.max_steps=200 --train.out_dir=runs/gpt
+    plmkit pretrain --data.store_dir=data/shakespeare --train.out_dir=runs/gpt
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from plmkit.training import StepOutput, TrainConfig, step_generator, train
 
 @dataclass
 class ModelConfig:
-    family: str = field(default="gpt2", metadata={"help": "model family: a key of pretrain.MODELS"})
+    family: str = field(default="gpt2", metadata={"help": "model family", "choices": lambda: MODELS})
     vocab_size: int = field(default=0, metadata={"help": "vocabulary rows (0: the tokenizer's size)"})
     d_model: int = field(default=384, metadata={"help": "model width"})
     num_layers: int = field(default=6, metadata={"help": "transformer blocks"})
@@ -46,7 +52,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train_files: list[str] = field(default_factory=list, metadata={"help": "text or JSONL training files"})
+    train_files: list[str] = field(
+        default_factory=list, metadata={"help": "text or JSONL training files ('': the store in store_dir)"}
+    )
     val_files: list[str] = field(default_factory=list, metadata={"help": "validation files (optional)"})
     tokenizer: str = field(
         default="", metadata={"help": "tokenizer directory/file, or 'char' for characters of the train files"}
@@ -54,7 +62,12 @@ class DataConfig:
     split: str = field(default="blank_line", metadata={"help": "documents are: blank_line, line or file"})
     seq_len: int = field(default=256, metadata={"help": "tokens per training window"})
     batch_size: int = field(default=16, metadata={"help": "windows per micro-batch"})
-    store_dir: str = field(default="", metadata={"help": "token store location ('': <out_dir>/store)"})
+    store_dir: str = field(
+        default="", metadata={"help": "token stores' directory: train/ and val/ ('': <out_dir>/store)"}
+    )
+    rebuild_store: bool = field(
+        default=False, metadata={"help": "rebuild a store built from other inputs (default: refuse)"}
+    )
     eval_batches: int = field(default=20, metadata={"help": "validation batches per evaluation"})
     sampling: str = field(
         default="packed",
@@ -65,7 +78,10 @@ class DataConfig:
 
 @dataclass
 class Config:
-    objective: str = field(default="clm", metadata={"help": "objective: a key of pretrain.OBJECTIVES"})
+    objective: str = field(
+        default="clm", metadata={"help": "training objective", "choices": lambda: OBJECTIVES}
+    )
+
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the network"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "text and tokenization"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "the training loop"})
@@ -224,15 +240,54 @@ def _tokenizer(cfg: DataConfig) -> Any:
     return load_tokenizer(cfg.tokenizer)
 
 
-def _store(files: list[str], tokenizer: Any, where: Path, split: str) -> Any:
+def _store(files: list[str], tokenizer: Any, where: Path, split: str, rebuild: bool) -> Any:
+    """The token store of `files` at `where`: reused when it holds exactly them, built when absent; a
+    store of other inputs is rebuilt with `rebuild`, refused otherwise. No files: the store as it is."""
     from plmkit.data.store import TokenStore, build_store
 
     if where.exists():
         store = TokenStore(where)
-        store.check_tokenizer(tokenizer)
-        return store
-    build_store(files, tokenizer, where, split=split, progress=False)
+        if not files:
+            if tokenizer is not None:
+                store.check_tokenizer(tokenizer)
+            return store
+        reason = store.stale_reason(files, tokenizer, split=split)
+        if reason is None:
+            return store
+        if not rebuild:
+            raise DataError(f"token store {where} holds other data: {reason}; "
+                            "--data.rebuild_store rebuilds it (or choose another --data.store_dir)")
+    elif not files:
+        raise DataError(f"{where} holds no token store and no data files were given (prepare one with "
+                        f"`plmkit data prepare --out_dir={where}` or set --data.train_files)")
+    build_store(files, tokenizer, where, split=split, progress=False, overwrite=True)
     return TokenStore(where)
+
+
+# What each objective trains, so a mismatched pair fails before any work (lm_kind of the built model).
+OBJECTIVE_KINDS = {"clm": "causal", "mlm": "encoder", "span_corruption": "seq2seq", "denoising": "seq2seq"}
+KIND_NAMES = {
+    "causal": "a causal LM (gpt2, llama)",
+    "encoder": "an encoder (bert, roberta, albert, distilbert)",
+    "seq2seq": "an encoder-decoder (t5, bart)",
+}
+
+
+def _check_objective(objective: str, model: nn.Module, what: str) -> None:
+    from plmkit.models.generation import lm_kind
+
+    kind, needed = lm_kind(model), OBJECTIVE_KINDS.get(objective)
+    if needed is not None and kind != needed:
+        fits = ", ".join(o for o, k in OBJECTIVE_KINDS.items() if k == kind)
+        raise ConfigError(f"--objective={objective} trains {KIND_NAMES[needed]}, but {what} is "
+                          f"{KIND_NAMES[kind]}: use --objective={fits}")
+
+
+def _train_store_path(root: Path) -> Path:
+    # `data prepare --out_dir=DIR` may have made DIR itself the training store.
+    from plmkit.data.store import MANIFEST
+
+    return root if (root / MANIFEST).is_file() else root / "train"
 
 
 def evaluate_clm(model: nn.Module, batches: Any, num_batches: int) -> dict[str, float]:
@@ -258,17 +313,6 @@ def run(cfg: Config) -> dict:
         raise ConfigError(f"data.sampling={cfg.data.sampling!r} is not one of {', '.join(SAMPLINGS)}")
     make_step = _choice("objective", cfg.objective, OBJECTIVES)
     build = _choice("model.family", cfg.model.family, MODELS)
-    if not cfg.data.train_files:
-        raise ConfigError("data.train_files is empty: give at least one text or JSONL file")
-    torch.manual_seed(cfg.seed)
-    if cfg.model.init_from:
-        loaded = load(cfg.model.init_from)
-        model, tokenizer = loaded.model, loaded.require_tokenizer()
-    else:
-        tokenizer = _tokenizer(cfg.data)
-        model = build(cfg.model, cfg.model.vocab_size or tokenizer.vocab_size)
-    if cfg.nsp or cfg.sop:  # MLM plus a sentence-pair task: the MLM model gets a pre-training head
-        model = _with_pair_head(cfg, model)
     out_dir = Path(cfg.train.out_dir) if cfg.train.out_dir else None
     if cfg.data.store_dir:
         store_root = Path(cfg.data.store_dir)
@@ -276,14 +320,37 @@ def run(cfg: Config) -> dict:
         store_root = out_dir / "store"
     else:
         raise ConfigError("set train.out_dir or data.store_dir: the token store needs a directory")
-    train_store = _store(cfg.data.train_files, tokenizer, store_root / "train", cfg.data.split)
+    if not cfg.data.train_files and not cfg.data.store_dir:
+        raise ConfigError("data.train_files is empty: give text or JSONL files, or a prepared data.store_dir")
+    train_path = _train_store_path(store_root)
+    if not cfg.data.train_files and not train_path.exists():
+        _store([], None, train_path, cfg.data.split, False)  # says what is missing
+    torch.manual_seed(cfg.seed)
+    if cfg.model.init_from:
+        loaded = load(cfg.model.init_from)
+        model, tokenizer = loaded.model, loaded.require_tokenizer()
+        _check_objective(cfg.objective, model, cfg.model.init_from)
+    else:
+        if not cfg.data.train_files and not cfg.data.tokenizer:
+            from plmkit.data.store import TokenStore
+
+            tokenizer = TokenStore(train_path).tokenizer()  # the one the prepared ids came from
+        else:
+            tokenizer = _tokenizer(cfg.data)
+        model = build(cfg.model, cfg.model.vocab_size or tokenizer.vocab_size)
+        _check_objective(cfg.objective, model, f"model.family={cfg.model.family}")
+    if cfg.nsp or cfg.sop:  # MLM plus a sentence-pair task: the MLM model gets a pre-training head
+        model = _with_pair_head(cfg, model)
+    rebuild = cfg.data.rebuild_store
+    train_store = _store(cfg.data.train_files, tokenizer, train_path, cfg.data.split, rebuild)
     if cfg.data.sampling == "random_windows":
         batches: Any = RandomWindows(train_store, cfg.data.seq_len, cfg.data.batch_size, seed=cfg.seed)
     else:
         batches = PackedBatches(train_store, cfg.data.seq_len, cfg.data.batch_size, seed=cfg.seed)
     eval_fn = None
-    if cfg.data.val_files:
-        val_store = _store(cfg.data.val_files, tokenizer, store_root / "val", cfg.data.split)
+    val_path = store_root / "val"
+    if cfg.data.val_files or (not cfg.data.train_files and val_path.exists()):
+        val_store = _store(cfg.data.val_files, tokenizer, val_path, cfg.data.split, rebuild)
 
         def eval_fn(m: nn.Module) -> dict[str, float]:
             val = PackedBatches(val_store, cfg.data.seq_len, cfg.data.batch_size, seed=0, shuffle=False)
