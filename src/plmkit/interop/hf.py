@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from plmkit.errors import CheckpointError, TokenizerError
-from plmkit.interop import bart, bert, gpt2, llama, t5
+from plmkit.interop import bart, bert, gemma2, gpt2, llama, phi3, t5
 from plmkit.interop.convert import drop_tied
 from plmkit.io import atomic_dir
 
@@ -30,6 +30,11 @@ from plmkit.io import atomic_dir
 FAMILIES: dict[str, ModuleType] = {
     "gpt2": gpt2,
     "llama": llama,
+    "mistral": llama,
+    "qwen2": llama,
+    "qwen3": llama,
+    "phi3": phi3,
+    "gemma2": gemma2,
     "bert": bert,
     "roberta": bert,
     "albert": bert,

@@ -22,18 +22,24 @@ class LMHead(nn.Module):
     """Hidden states -> next-token (or masked-token) logits (B, T, V).
 
     With `tied_to` the output matrix is the input embedding matrix (Press & Wolf 2017), as in GPT-2.
+    With `softcap` c the logits are soft-capped to (-c, c) as c · tanh(logits / c) (Gemma 2, sec. 2).
     """
 
     def __init__(
-        self, d_model: int, vocab_size: int, bias: bool = False, tied_to: nn.Embedding | None = None
+        self, d_model: int, vocab_size: int, bias: bool = False, tied_to: nn.Embedding | None = None,
+        softcap: float | None = None,
     ):
         super().__init__()
         self.lm_head = nn.Linear(d_model, vocab_size, bias=bias)
+        self.softcap = softcap
         if tied_to is not None:
             self.lm_head.weight = tied_to.weight
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.lm_head(hidden)  # (B, T, V)
+        logits = self.lm_head(hidden)  # (B, T, V)
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
 
 
 def is_tied(head: LMHead, embedding: nn.Embedding) -> bool:

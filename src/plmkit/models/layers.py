@@ -9,9 +9,14 @@ Dh head width, P prefix length, V vocabulary.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from plmkit.errors import ConfigError
 
 
 class Prefix(nn.Module):
@@ -136,14 +141,149 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
+# RoPE variants that stretch a pretrained context (Hugging Face's `rope_type` names).
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
+
+
+@dataclass
+class RopeScaling:
+    """How rotary frequencies are rescaled beyond the pretraining context; `rope_type` picks the method.
+
+    linear: positions / factor (Chen et al. 2023, "position interpolation").
+    dynamic: NTK-aware base growth once a sequence exceeds the context (emozilla/bloc97, 2023).
+    yarn: per-frequency blend of interpolation and extrapolation, cos/sin scaled by `attention_factor`
+      (Peng et al. 2023, "YaRN", eq. 17-21).
+    llama3: low frequencies / factor, high ones kept, a smooth ramp between (Llama 3.1 report, sec. 3).
+    longrope: per-frequency `short_factor` / `long_factor` rescaling picked by sequence length (Phi-3).
+    """
+
+    rope_type: str = "default"
+    factor: float | None = None  # yarn/longrope derive it from the contexts when None
+    original_max_positions: int | None = None  # pretraining context; None: the model's max_positions
+    low_freq_factor: float = 1.0  # llama3
+    high_freq_factor: float = 4.0  # llama3
+    beta_fast: float = 32.0  # yarn
+    beta_slow: float = 1.0  # yarn
+    mscale: float | None = None  # yarn
+    mscale_all_dim: float | None = None  # yarn
+    truncate: bool = True  # yarn: round the correction range to whole dimensions
+    attention_factor: float | None = None  # yarn, longrope; None: the paper's default from `factor`
+    short_factor: tuple[float, ...] | None = None  # longrope, one per frequency
+    long_factor: tuple[float, ...] | None = None  # longrope
+
+    def __post_init__(self) -> None:
+        if self.rope_type not in ROPE_TYPES:
+            raise ConfigError(
+                f"RoPE type {self.rope_type!r} is not supported (supported: {', '.join(ROPE_TYPES)})"
+            )
+        if self.factor is None and self.rope_type in ("linear", "dynamic", "llama3"):
+            raise ConfigError(f"RoPE {self.rope_type} needs a factor")
+        if self.factor is not None and self.factor <= 0:
+            raise ConfigError(f"RoPE {self.rope_type} factor must be > 0, got {self.factor}")
+        if self.rope_type == "longrope":
+            if self.short_factor is None or self.long_factor is None:
+                raise ConfigError("RoPE longrope needs short_factor and long_factor lists")
+            self.short_factor, self.long_factor = tuple(self.short_factor), tuple(self.long_factor)
+        if self.rope_type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
+            raise ConfigError(
+                f"RoPE llama3 needs high_freq_factor > low_freq_factor, got {self.high_freq_factor} "
+                f"<= {self.low_freq_factor}"
+            )
+
+
+def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def rope_frequencies(
+    positions: torch.Tensor,
+    head_dim: int,
+    base: float,
+    scaling: RopeScaling | None = None,
+    max_positions: int | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies (Dh/2,) and the cos/sin multiplier for `scaling`, as transformers computes them.
+
+    `dynamic` and `longrope` depend on the longest sequence in the batch, max(positions) + 1; that is
+    computed with tensor ops (no Python branch), so a compiled decode step stays one graph.
+    """
+    device = positions.device
+    exponents = torch.arange(0, head_dim, 2, device=device).float() / head_dim  # (Dh/2,)
+    inv_freq = 1.0 / (base**exponents)
+    kind = "default" if scaling is None else scaling.rope_type
+    if kind == "default":
+        return inv_freq, 1.0
+    factor = scaling.factor
+    original = scaling.original_max_positions or max_positions
+    if kind == "linear":
+        return inv_freq / factor, 1.0
+    if kind == "dynamic":
+        # base' = base · (factor·L/L0 − (factor − 1))^(Dh/(Dh−2)) once L exceeds the context L0
+        seq_len = (positions.max() + 1).clamp(min=max_positions).float()
+        grown = base * ((factor * seq_len / max_positions) - (factor - 1)) ** (head_dim / (head_dim - 2))
+        return 1.0 / (grown**exponents), 1.0
+    if kind == "llama3":
+        low_wavelen = original / scaling.low_freq_factor
+        high_wavelen = original / scaling.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (original / wavelen - scaling.low_freq_factor) / (
+            scaling.high_freq_factor - scaling.low_freq_factor
+        )
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return torch.where(medium, smoothed, scaled), 1.0
+    if kind == "yarn":
+        if factor is None:
+            factor = max_positions / original
+        attention_factor = scaling.attention_factor
+        if attention_factor is None:
+            if scaling.mscale and scaling.mscale_all_dim:
+                attention_factor = _yarn_mscale(factor, scaling.mscale) / _yarn_mscale(
+                    factor, scaling.mscale_all_dim
+                )
+            else:
+                attention_factor = _yarn_mscale(factor)
+
+        def correction_dim(rotations: float) -> float:
+            return (head_dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+        low, high = correction_dim(scaling.beta_fast), correction_dim(scaling.beta_slow)
+        if scaling.truncate:
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, head_dim - 1)
+        if low == high:
+            high += 0.001  # the ramp would divide by zero
+        ramp = ((torch.arange(head_dim // 2, device=device).float() - low) / (high - low)).clamp(0, 1)
+        extrapolate = 1 - ramp  # 1 on high frequencies: kept as pretrained
+        return inv_freq / factor * (1 - extrapolate) + inv_freq * extrapolate, float(attention_factor)
+    # longrope: the long factors once the batch's longest sequence passes the pretraining context
+    if factor is None:
+        factor = max_positions / original
+    attention_factor = scaling.attention_factor
+    if attention_factor is None:
+        attention_factor = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+    short = torch.tensor(scaling.short_factor, dtype=torch.float32, device=device)
+    long = torch.tensor(scaling.long_factor, dtype=torch.float32, device=device)
+    ext = torch.where(positions.max() + 1 > original, long, short)
+    return inv_freq / ext, float(attention_factor)
+
+
 def rotary_tables(
-    positions: torch.Tensor, head_dim: int, base: float = 10000.0
+    positions: torch.Tensor,
+    head_dim: int,
+    base: float = 10000.0,
+    scaling: RopeScaling | None = None,
+    max_positions: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin for rotary position embedding (Su et al. 2021): positions (B, T) -> (B, 1, T, Dh) each."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+    inv_freq, attention_factor = rope_frequencies(positions, head_dim, base, scaling, max_positions)
     angles = positions.float()[..., None] * inv_freq  # (B, T, Dh/2)
     emb = torch.cat([angles, angles], dim=-1)  # (B, T, Dh)
-    return emb.cos()[:, None], emb.sin()[:, None]
+    cos, sin = emb.cos(), emb.sin()
+    if attention_factor != 1.0:
+        cos, sin = cos * attention_factor, sin * attention_factor
+    return cos[:, None], sin[:, None]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -153,13 +293,27 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x * cos.to(x.dtype)) + (rotated * sin.to(x.dtype))
 
 
-def causal_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) 1/0 mask -> boolean (B, 1, T, T): causal and no padded keys.
+def sliding_window_mask(t: int, s: int, window: int, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean (T, S) mask: query i (the last T of S positions) sees the `window` keys ending at itself.
+
+    A window of W covers the query and the W - 1 keys before it (Beltagy et al. 2020; Mistral 7B, sec. 2):
+    key j is visible when 0 <= i - j < W, the convention of transformers' sliding-window masks.
+    """
+    q_pos = torch.arange(s - t, s, device=device)[:, None]
+    k_pos = torch.arange(s, device=device)[None, :]
+    return (k_pos <= q_pos) & (q_pos - k_pos < window)
+
+
+def causal_padding_mask(attention_mask: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """(B, T) 1/0 mask -> boolean (B, 1, T, T): causal (within `window` keys if given), no padded keys.
 
     Each query also sees itself, so a padding query never gets an all-masked row (SDPA would return
     NaN there, and the NaN would leak through the values of later layers).
     """
     t = attention_mask.shape[-1]
-    causal = causal_mask(t, t, device=attention_mask.device)
+    if window is None:
+        causal = causal_mask(t, t, device=attention_mask.device)
+    else:
+        causal = sliding_window_mask(t, t, window, device=attention_mask.device)
     eye = torch.eye(t, dtype=torch.bool, device=attention_mask.device)
     return ((causal[None] & attention_mask.bool()[:, None, :]) | eye[None])[:, None]

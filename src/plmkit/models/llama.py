@@ -6,6 +6,14 @@ RMSNorm instead of LayerNorm, still pre-norm (Zhang & Sennrich 2019); a SwiGLU f
 down(silu(gate(x)) * up(x)) (Shazeer 2020); grouped-query attention, where Hkv < H key/value heads
 each serve H/Hkv query heads (Ainslie et al. 2023); no biases; untied output embeddings by default.
 
+The block's options are the choices several later families share, each with one name and one meaning:
+`rope_scaling` (a `layers.RopeScaling`: linear, dynamic NTK, YaRN, Llama 3.1, LongRoPE), `qkv_bias`
+(biases on q/k/v only: Qwen2), `attention_bias` (biases on q/k/v/o: Llama's option), `qk_norm`
+(RMSNorm over each head of q and k before the rotation: Qwen3, Wortsman et al. 2023) and
+`sliding_window` with `sliding_layers` (each query sees only the last W positions: Mistral,
+Phi-3; on alternate layers: Gemma 2, whose other changes live in gemma2.py). `model_type` names the
+Hugging Face layout the model is saved as.
+
 Shape legend: B batch, T length, S key slots, D model width, H heads, Hkv key/value heads,
 Dh head width, F feed-forward width, V vocabulary.
 """
@@ -25,6 +33,7 @@ from plmkit.models.heads import LMHead, TaskModel
 from plmkit.models.layers import (
     Prefix,
     RMSNorm,
+    RopeScaling,
     apply_rotary,
     attention,
     causal_mask,
@@ -34,8 +43,12 @@ from plmkit.models.layers import (
     prepend_prefix,
     repeat_kv,
     rotary_tables,
+    sliding_window_mask,
     split_heads,
 )
+
+# The Hugging Face model types a LlamaConfig is saved as (each is this block with some options set).
+LLAMA_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 
 
 @dataclass
@@ -55,28 +68,108 @@ class LlamaConfig:
     tie_embeddings: bool = False
     dropout: float = 0.0
     init_std: float = 0.02
+    rope_scaling: RopeScaling | None = None  # None: plain RoPE
+    qkv_bias: bool = False  # biases on q, k, v only (o has none)
+    qk_norm: bool = False  # RMSNorm over each query and key head before the rotation
+    sliding_window: int | None = None  # W: a query sees itself and the W - 1 positions before it
+    sliding_layers: tuple[int, ...] | None = None  # layers that use the window; None: all of them
     model_type: str = "llama"
 
     def __post_init__(self) -> None:
-        if self.num_kv_heads is None:
-            self.num_kv_heads = self.num_heads
-        if self.head_dim is None:
-            if self.d_model % self.num_heads:
-                raise ConfigError(
-                    f"LlamaConfig.d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})"
-                )
-            self.head_dim = self.d_model // self.num_heads
-        for name in ("vocab_size", "max_positions", "d_model", "num_layers", "num_heads", "num_kv_heads",
-                     "head_dim", "d_ff"):
+        self.num_kv_heads, self.head_dim = check_heads(
+            "LlamaConfig", self.d_model, self.num_heads, self.num_kv_heads, self.head_dim
+        )
+        for name in ("vocab_size", "max_positions", "num_layers", "d_ff"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"LlamaConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.num_heads % self.num_kv_heads:
+        if isinstance(self.rope_scaling, dict):
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
+        if self.model_type not in LLAMA_MODEL_TYPES:
             raise ConfigError(
-                f"LlamaConfig.num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
-                f"({self.num_kv_heads})"
+                f"LlamaConfig.model_type {self.model_type!r} is not one of {', '.join(LLAMA_MODEL_TYPES)}"
             )
-        if self.head_dim % 2:
-            raise ConfigError(f"LlamaConfig.head_dim must be even for rotary embeddings, got {self.head_dim}")
+        self.sliding_layers = check_window(
+            "LlamaConfig", self.sliding_window, self.sliding_layers, self.num_layers, self.max_positions
+        )
+
+    def layer_windows(self) -> list[int | None]:
+        """The attention window of each layer (None: full causal attention)."""
+        return layer_windows(self.sliding_window, self.sliding_layers, self.num_layers)
+
+
+def check_heads(
+    where: str, d_model: int, num_heads: int, num_kv_heads: int | None, head_dim: int | None
+) -> tuple[int, int]:
+    """Validated (num_kv_heads, head_dim) of a grouped-query attention config."""
+    for name, value in (("d_model", d_model), ("num_heads", num_heads)):
+        if value <= 0:
+            raise ConfigError(f"{where}.{name} must be positive, got {value}")
+    if num_kv_heads is None:
+        num_kv_heads = num_heads
+    if head_dim is None:
+        if d_model % num_heads:
+            raise ConfigError(f"{where}.d_model ({d_model}) must be divisible by num_heads ({num_heads})")
+        head_dim = d_model // num_heads
+    if num_kv_heads <= 0 or head_dim <= 0:
+        raise ConfigError(f"{where}: num_kv_heads ({num_kv_heads}), head_dim ({head_dim}) must be positive")
+    if num_heads % num_kv_heads:
+        raise ConfigError(
+            f"{where}.num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})"
+        )
+    if head_dim % 2:
+        raise ConfigError(f"{where}.head_dim must be even for rotary embeddings, got {head_dim}")
+    return num_kv_heads, head_dim
+
+
+def check_window(
+    where: str, window: int | None, layers: tuple[int, ...] | list[int] | None, num_layers: int,
+    max_positions: int,
+) -> tuple[int, ...] | None:
+    """Validated sliding-window layers (a tuple, or None for every layer)."""
+    if window is None:
+        return None if layers is None else tuple(layers)
+    if window <= 0:
+        raise ConfigError(f"{where}.sliding_window must be positive, got {window}")
+    if window > max_positions:
+        raise ConfigError(
+            f"{where}.sliding_window ({window}) is larger than the context max_positions ({max_positions})"
+        )
+    if layers is None:
+        return None
+    layers = tuple(layers)
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if bad:
+        raise ConfigError(f"{where}.sliding_layers has layer {bad[0]} outside 0..{num_layers - 1}")
+    return layers
+
+
+def layer_windows(window: int | None, layers: tuple[int, ...] | None, num_layers: int) -> list[int | None]:
+    if window is None:
+        return [None] * num_layers
+    chosen = set(range(num_layers)) if layers is None else set(layers)
+    return [window if i in chosen else None for i in range(num_layers)]
+
+
+def window_masks(
+    attention_mask: torch.Tensor | None, t: int, window: int | None, device: torch.device,
+    cache: KVCache | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(full mask, sliding-window mask, cache positions) for a decoder forward of T tokens.
+
+    A None mask means plain causal attention (SDPA's fused kernel). Without a cache, a window at least as
+    long as the sequence never hides a key, so it takes the full mask.
+    """
+    if cache is not None:
+        mask, positions = cache.begin(attention_mask, t)  # (B, 1, T, S), (B, T)
+        return mask, (cache.window_mask(window) if window is not None else None), positions
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None  # no padding: SDPA's causal kernel beats an explicit (B, 1, T, T) mask
+    mask = None if attention_mask is None else causal_padding_mask(attention_mask)
+    if window is None or window >= t:
+        return mask, mask, None
+    if attention_mask is None:
+        return mask, sliding_window_mask(t, t, window, device=device)[None, None], None
+    return mask, causal_padding_mask(attention_mask, window), None
 
 
 class LlamaAttention(nn.Module):
@@ -86,10 +179,14 @@ class LlamaAttention(nn.Module):
         self.num_heads = cfg.num_heads
         self.num_kv_heads = cfg.num_kv_heads
         self.dropout = cfg.dropout
-        self.q_proj = nn.Linear(cfg.d_model, cfg.num_heads * cfg.head_dim, bias=cfg.attention_bias)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.num_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.num_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
+        self.window = cfg.layer_windows()[layer]
+        qkv_bias = cfg.attention_bias or cfg.qkv_bias
+        self.q_proj = nn.Linear(cfg.d_model, cfg.num_heads * cfg.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.num_kv_heads * cfg.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.num_kv_heads * cfg.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.d_model, bias=cfg.attention_bias)
+        self.q_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.prefix: Prefix | None = None
 
     def forward(
@@ -100,8 +197,11 @@ class LlamaAttention(nn.Module):
         mask: torch.Tensor | None,
         cache: KVCache | None,
     ) -> torch.Tensor:
-        q = apply_rotary(split_heads(self.q_proj(x), self.num_heads), cos, sin)  # (B, H, T, Dh)
-        k = apply_rotary(split_heads(self.k_proj(x), self.num_kv_heads), cos, sin)  # (B, Hkv, T, Dh)
+        q = split_heads(self.q_proj(x), self.num_heads)  # (B, H, T, Dh)
+        k = split_heads(self.k_proj(x), self.num_kv_heads)  # (B, Hkv, T, Dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         v = split_heads(self.v_proj(x), self.num_kv_heads)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, Hkv, S, Dh)
@@ -182,23 +282,23 @@ class LlamaModel(nn.Module):
                 raise ConfigError("LlamaModel needs input_ids or inputs_embeds")
             inputs_embeds = self.embed_tokens(input_ids)  # (B, T, D)
         t = inputs_embeds.shape[1]
-        if cache is not None:
-            mask, cache_positions = cache.begin(attention_mask, t)  # (B, 1, T, S), (B, T)
-            if position_ids is None:
-                position_ids = cache_positions
-        else:
-            if attention_mask is not None and bool(attention_mask.all()):
-                attention_mask = None  # no padding: SDPA's causal kernel beats an explicit (B, 1, T, T) mask
-            mask = None if attention_mask is None else causal_padding_mask(attention_mask)
-            if position_ids is None:
-                if attention_mask is None:
-                    position_ids = torch.arange(t, device=inputs_embeds.device)[None]
-                else:
-                    position_ids = positions_from_mask(attention_mask)
-        cos, sin = rotary_tables(position_ids, self.config.head_dim, self.config.rope_base)  # (B, 1, T, Dh)
+        cfg = self.config
+        mask, window_mask, cache_positions = window_masks(
+            attention_mask, t, cfg.sliding_window, inputs_embeds.device, cache
+        )
+        if position_ids is None:
+            position_ids = cache_positions
+        if position_ids is None:
+            if attention_mask is None:
+                position_ids = torch.arange(t, device=inputs_embeds.device)[None]
+            else:
+                position_ids = positions_from_mask(attention_mask)
+        cos, sin = rotary_tables(  # (B, 1, T, Dh)
+            position_ids, cfg.head_dim, cfg.rope_base, cfg.rope_scaling, cfg.max_positions
+        )
         x = inputs_embeds
         for block in self.layers:
-            x = block(x, cos, sin, mask, cache)
+            x = block(x, cos, sin, mask if block.attn.window is None else window_mask, cache)
         if cache is not None:
             cache.end(t)
         return self.norm(x)  # (B, T, D)

@@ -282,7 +282,8 @@ def lm_projection(model: nn.Module) -> tuple[Callable[[Tensor], Tensor], Tensor,
     bias = getattr(projection, "bias", None)
     if isinstance(head, MaskedLMHead):
         return (lambda h: head.norm(head.activation(head.dense(h)))), weight, bias
-    if type(head).__name__ in ("LMHead", "Seq2SeqLMHead"):
+    # A soft-capped head (Gemma 2) is not a plain projection: the fused loss would skip the cap
+    if type(head).__name__ in ("LMHead", "Seq2SeqLMHead") and getattr(head, "softcap", None) is None:
         return (lambda h: h), weight, bias
     return None
 
