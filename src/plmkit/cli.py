@@ -11,6 +11,7 @@ import ast
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from types import ModuleType
 
@@ -116,6 +117,14 @@ def _print_result(result: object) -> None:
         print(json.dumps(result, indent=2, default=str, sort_keys=False))
 
 
+def _leave_process_group() -> None:
+    # A recipe run under torchrun joined a process group; leaving it lets the process exit cleanly. On an
+    # error it is left as is: the process exits, and torchrun stops the other ranks.
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `plmkit` command; returns the process exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -138,11 +147,15 @@ def main(argv: list[str] | None = None) -> int:
             print(help_text(module.Config))
             return 0
         cfg = parse(module.Config, rest)
-        _print_result(module.run(cfg))
+        result = module.run(cfg)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+            _print_result(result)
+        _leave_process_group()
         return 0
     except PlmkitError as e:
         message = " ".join(str(e).split())  # one line, whatever the message held
-        print(f"error: {message}", file=sys.stderr)
+        rank = f"[rank {os.environ['RANK']}] " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
+        print(f"error: {rank}{message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -17,6 +17,7 @@ Input formats: classification reads GLUE TSV (`.tsv`), JSONL or CSV with `text` 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import time
@@ -43,10 +44,12 @@ from plmkit.data.tasks import (
     word_predictions,
 )
 from plmkit.errors import ConfigError
+from plmkit.io import write_json, write_text
 from plmkit.metrics import accuracy, entity_scores, f1_binary, f1_macro, squad_scores
 from plmkit.models.heads import SequenceClassificationHead, SpanHead, TaskModel, TokenClassificationHead
 from plmkit.peft import PeftOptions
-from plmkit.training import StepOutput, TrainConfig, train
+from plmkit.training import StepOutput, TrainConfig, distributed, train
+from plmkit.training.runtime import DEVICE_HELP
 
 
 @dataclass
@@ -99,6 +102,7 @@ class Config:
     pooling: str = field(default="cls", metadata={"help": "classification pooling: cls, mean or last"})
     dropout: float = field(default=0.1, metadata={"help": "dropout of the task head"})
     seed: int = field(default=0, metadata={"help": "seed of the head's initialization and the data order"})
+    device: str = field(default="auto", metadata={"help": "where to train: " + DEVICE_HELP})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "task data"})
     train: TrainConfig = field(default_factory=_default_train, metadata={"help": "training loop"})
     peft: PeftOptions = field(
@@ -238,14 +242,35 @@ def encode_span(tokenizer: Any, records: Sequence, labels: Sequence[str], d: Dat
 
 @torch.no_grad()
 def _outputs(model: nn.Module, features: Sequence[dict], pad_id: int, batch_size: int) -> list[Any]:
+    """`(batch, output)` of every evaluation batch in order, on the CPU. Under torchrun rank r runs
+    batches r, r + W, ... and the outputs are gathered, so every rank returns the whole list."""
     was_training = model.training
     model.eval()
-    outs = []
-    for i in range(0, len(features), batch_size):
+    device = next(model.parameters()).device
+    info = distributed.dist_info()
+    starts = list(range(0, len(features), batch_size))
+    mine = starts[info.rank :: info.world_size]
+    rounds = -(-len(starts) // info.world_size)
+    local = []
+    for r in range(rounds):
+        # FSDP2 gathers weights inside every forward, so a rank with no batch left runs a spare one
+        i = mine[r] if r < len(mine) else starts[-1]
         batch = collate(features[i : i + batch_size], pad_id)
-        outs.append((batch, forward(model, batch)))
+        out = forward(model, {k: v.to(device) for k, v in batch.items()})
+        if r < len(mine):
+            local.append((i, batch, _to_cpu(out)))
     model.train(was_training)
-    return outs
+    if info.world_size > 1:
+        local = sorted(part for shard in distributed.all_gather_object(local) for part in shard)  # type: ignore[union-attr]
+    return [(batch, out) for _, batch, out in local]
+
+
+def _to_cpu(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.float().cpu()
+    if dataclasses.is_dataclass(out):
+        return replace(out, **{f.name: _to_cpu(getattr(out, f.name)) for f in dataclasses.fields(out)})
+    return out
 
 
 def evaluate_classification(
@@ -380,7 +405,7 @@ def _write_label_names(model_dir: Path, labels: Sequence[str]) -> None:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["id2label"] = {str(i): label for i, label in enumerate(labels)}
     config["label2id"] = {label: i for i, label in enumerate(labels)}
-    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_json(config_path, config)
 
 
 def _resolve_lengths(d: DataConfig, task: Task, model: nn.Module) -> DataConfig:
@@ -421,6 +446,7 @@ def run(cfg: Config) -> dict:
         labels = given or task.label_set(train_records)
         eval_records = _limit(task.read(d, d.eval_file, labels or None), d.max_eval_examples)
 
+    info = distributed.init_distributed(cfg.device)  # joins torchrun's process group; no-op alone
     pretrained = load(cfg.pretrained)
     tokenizer = pretrained.require_tokenizer()
     cfg = replace(cfg, data=_resolve_lengths(d, task, pretrained.model))
@@ -438,18 +464,23 @@ def run(cfg: Config) -> dict:
         model = apply_peft(model, cfg.peft, modules_to_save=cfg.peft.modules_to_save or "head")
     from plmkit.peft import trainable_report
 
-    print(trainable_report(model), flush=True)
+    if info.is_main:
+        print(trainable_report(model), flush=True)
     features = task.encode(tokenizer, train_records, labels, d)
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     collate_fn = lambda xs: collate(xs, pad_id)  # noqa: E731
     batches = task.batches(features, train_records, d, cfg.seed, collate_fn) if task.batches else None
     if batches is None:
-        batches = ShuffledBatches(features, collate_fn, d.batch_size, seed=cfg.seed)
+        batches = ShuffledBatches(features, collate_fn, d.batch_size, seed=cfg.seed,
+                                  rank=info.rank, world_size=info.world_size)
+    elif info.world_size > 1:
+        raise ConfigError(f"--task={cfg.task} with several sources does not run under torchrun yet")
 
     def eval_fn(m: nn.Module) -> dict[str, float]:
         return task.evaluate(m, tokenizer, eval_records, labels, d)
 
     start = time.perf_counter()
+    model.to(info.device)
     result = train(model, task.step, batches, cfg.train, eval_fn=eval_fn, tokenizer=tokenizer)
     seconds = time.perf_counter() - start
     scores = dict(result.final_eval)
@@ -463,7 +494,8 @@ def run(cfg: Config) -> dict:
         "eval_examples": len(eval_records),
         **scores,
     }
-    if cfg.out_dir:
+    model = distributed.full_model(model)  # every rank takes part; under FSDP2 only rank 0 gets a model
+    if cfg.out_dir and info.is_main:  # one writer: the other ranks wait at the barrier below
         out = Path(cfg.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         # PEFT runs write adapter/; LoRA and IA3 also fold into a plain model/ that transformers loads.
@@ -479,10 +511,11 @@ def run(cfg: Config) -> dict:
             _write_label_names(Path(model_dir), labels)
         if cfg.task == "text2text" and model_dir is not None:
             t2t.write_task_table(Path(model_dir), d)
-        (out / "eval_report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_json(out / "eval_report.json", summary)
         where = d.eval_file or "the sources' eval files"
         table = format_table(f"{cfg.task} on {where} ({len(eval_records)} examples)", scores)
-        (out / "eval_report.txt").write_text(table, encoding="utf-8")
+        write_text(out / "eval_report.txt", table)
         if model_dir is not None:
             summary["model_dir"] = str(model_dir)
+    distributed.barrier()
     return summary

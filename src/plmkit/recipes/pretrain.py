@@ -34,6 +34,8 @@ from plmkit.models.gpt import GPT2Config, gpt2_lm
 from plmkit.models.llama import LlamaConfig, llama_lm
 from plmkit.objectives.fused_ce import model_lm_loss
 from plmkit.training import StepOutput, TrainConfig, step_generator, train
+from plmkit.training.distributed import all_reduce_sum, full_model, init_distributed, main_first, on_main
+from plmkit.training.runtime import DEVICE_HELP
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "text and tokenization"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "the training loop"})
     seed: int = field(default=0, metadata={"help": "seed for initialization, batching and masking"})
+    device: str = field(default="auto", metadata={"help": "where to train: " + DEVICE_HELP})
     nsp: bool = field(default=False, metadata={"help": "with --objective=mlm: add next-sentence prediction"})
     sop: bool = field(default=False, metadata={"help": "with --objective=mlm: add sentence-order prediction"})
 
@@ -240,7 +243,12 @@ def _tokenizer(cfg: DataConfig) -> Any:
     return load_tokenizer(cfg.tokenizer)
 
 
-def _store(files: list[str], tokenizer: Any, where: Path, split: str, rebuild: bool) -> Any:
+def _store(*args: Any) -> Any:
+    """`_open_store` on rank 0 first (it may build the store), then on the other ranks (they open it)."""
+    return main_first(lambda: _open_store(*args))
+
+
+def _open_store(files: list[str], tokenizer: Any, where: Path, split: str, rebuild: bool) -> Any:
     """The token store of `files` at `where`: reused when it holds exactly them, built when absent; a
     store of other inputs is rebuilt with `rebuild`, refused otherwise. No files: the store as it is."""
     from plmkit.data.store import TokenStore, build_store
@@ -300,6 +308,8 @@ def evaluate_clm(model: nn.Module, batches: Any, num_batches: int) -> dict[str, 
             out = clm_step(model, {k: v.to(device) for k, v in batch.items()})
             total += float(out.loss_sum)
             count += int(out.num_targets)
+    totals = all_reduce_sum(torch.tensor([total, count], dtype=torch.float64))  # each rank read its share
+    total, count = totals.tolist()
     loss = total / max(count, 1)
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 
@@ -325,6 +335,7 @@ def run(cfg: Config) -> dict:
     train_path = _train_store_path(store_root)
     if not cfg.data.train_files and not train_path.exists():
         _store([], None, train_path, cfg.data.split, False)  # says what is missing
+    info = init_distributed(cfg.device)  # joins torchrun's process group; a no-op for one process
     torch.manual_seed(cfg.seed)
     if cfg.model.init_from:
         loaded = load(cfg.model.init_from)
@@ -344,25 +355,33 @@ def run(cfg: Config) -> dict:
     rebuild = cfg.data.rebuild_store
     train_store = _store(cfg.data.train_files, tokenizer, train_path, cfg.data.split, rebuild)
     if cfg.data.sampling == "random_windows":
-        batches: Any = RandomWindows(train_store, cfg.data.seq_len, cfg.data.batch_size, seed=cfg.seed)
+        batches: Any = RandomWindows(train_store, cfg.data.seq_len, cfg.data.batch_size, seed=cfg.seed,
+                                     rank=info.rank, world_size=info.world_size)
     else:
-        batches = PackedBatches(train_store, cfg.data.seq_len, cfg.data.batch_size, seed=cfg.seed)
+        batches = PackedBatches(train_store, cfg.data.seq_len, cfg.data.batch_size, seed=cfg.seed,
+                                rank=info.rank, world_size=info.world_size)
     eval_fn = None
     val_path = store_root / "val"
     if cfg.data.val_files or (not cfg.data.train_files and val_path.exists()):
         val_store = _store(cfg.data.val_files, tokenizer, val_path, cfg.data.split, rebuild)
 
         def eval_fn(m: nn.Module) -> dict[str, float]:
-            val = PackedBatches(val_store, cfg.data.seq_len, cfg.data.batch_size, seed=0, shuffle=False)
-            n = min(cfg.data.eval_batches, val.batches_per_epoch)
             if cfg.objective in t2t.CORRUPTIONS:  # the seq2seq loss on corruptions fixed by the run's seed
+                # every rank scores the whole set (the same corruptions), so no reduction is needed
+                val = PackedBatches(val_store, cfg.data.seq_len, cfg.data.batch_size, seed=0, shuffle=False)
+                n = min(cfg.data.eval_batches, val.batches_per_epoch)
                 return t2t.evaluate_seq2seq(m, val, n, t2t.CORRUPTIONS[cfg.objective](tokenizer), cfg.seed)
-            return evaluate_clm(m, val, n)
+            # each rank reads its share of every global batch; evaluate_clm sums over ranks
+            val = PackedBatches(val_store, cfg.data.seq_len, cfg.data.batch_size, seed=0, shuffle=False,
+                                rank=info.rank, world_size=info.world_size)
+            return evaluate_clm(m, val, min(cfg.data.eval_batches, val.batches_per_epoch))
 
+    model.to(info.device)
     result = train(model, make_step(tokenizer, cfg.seed), batches, cfg.train, eval_fn=eval_fn,
                    tokenizer=tokenizer)
     summary: dict[str, Any] = {"steps": result.step, "final_loss": result.history[-1]["loss"]}
     summary.update(result.final_eval)
+    exported = full_model(model)  # under FSDP2 the full weights, on rank 0; every rank takes part
     if out_dir is not None and getattr(model.config, "model_type", None) in FAMILIES:
-        summary["hf_export"] = str(save_hf(model, out_dir / "hf", tokenizer=tokenizer))
+        summary["hf_export"] = on_main(lambda: str(save_hf(exported, out_dir / "hf", tokenizer=tokenizer)))
     return summary

@@ -158,6 +158,28 @@ def on_main(fn: Callable[[], T]) -> T | None:
     return result
 
 
+def main_first(fn: Callable[[], T]) -> T:
+    """Run `fn` on rank 0, then on the other ranks, and return its result on every rank.
+
+    For work every rank needs but only one may create, such as a token store built on first use: rank 0
+    builds it, the others then find it and open it. A failure on rank 0 ends every rank with its message.
+    """
+    if not is_distributed():
+        return fn()
+    if dist_info().is_main:
+        try:
+            result = fn()
+        except Exception as exc:
+            broadcast_object(f"{type(exc).__name__}: {exc}")
+            raise
+        broadcast_object(None)
+        return result
+    error = broadcast_object(None)
+    if error is not None:
+        raise TrainingError(f"rank 0 failed: {error}")
+    return fn()
+
+
 def full_model(model: nn.Module) -> nn.Module | None:
     """The model with ordinary (unsharded) parameters for exporting: every rank calls it.
 

@@ -381,6 +381,7 @@ def train(
         raise ConfigError(
             f"{out_dir}: already holds a run; set resume=True to continue it or choose another out_dir"
         )
+    distributed.barrier()  # every rank has looked at out_dir before rank 0 writes into it
     _seed_everything(cfg.seed + info.rank)
     model.train()
     if cfg.activation_checkpointing:
@@ -455,9 +456,10 @@ def train(
             row["tokens_per_s"] = window.tokens / elapsed if elapsed > 0 else 0.0
             row.update(window.metrics)
             history.append(row)
-            bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 bar.set_postfix(loss=f"{window.loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
                 if log is not None:
                     log.write(row)
             if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
