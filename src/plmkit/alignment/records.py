@@ -62,7 +62,7 @@ def split_hh_transcript(chosen: str, rejected: str, where: str = "pair") -> Pref
             if a != b:
                 break
             common += 1
-        end = chosen.rfind(ASSISTANT_PROMPT, 0, common - len(ASSISTANT_PROMPT) + 1)
+        end = chosen.rfind(ASSISTANT_PROMPT, 0, common)
         if end < 0:
             raise DataError(f"{where}: chosen and rejected share no dialogue up to an Assistant turn")
         prompt = chosen[: end + len(ASSISTANT_PROMPT)]
@@ -275,7 +275,8 @@ def _batch(ids: list, masks: list, pad_id: int, side: str) -> dict[str, Tensor]:
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "response_mask": response_mask,
-        "labels": response_labels(input_ids, response_mask),
+        # A padding position predicts nothing, even the first token of a left-padded row.
+        "labels": response_labels(input_ids, response_mask).masked_fill(attention_mask == 0, IGNORE),
     }
 
 
