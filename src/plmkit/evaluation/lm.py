@@ -1,0 +1,257 @@
+"""The language-model calls of in-context evaluation: log-likelihood requests, rolling perplexity
+windows and generate-until, each with lm-evaluation-harness 0.4's token-level conventions.
+
+Log-likelihood requests are (context ids, continuation ids). Requests that share a context (the choices
+of one multiple-choice example) run the context once: its keys and values go into a `KVCache`, which
+is then copied to one row per continuation, and only the continuations' tokens run again. Only the
+positions that predict a continuation token go through the LM head. Groups are sorted by length so a
+batch wastes little padding.
+
+Shape legend: G context groups in a batch, R continuation rows, T tokens, D model width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from plmkit.errors import ConfigError
+from plmkit.models.cache import KVCache
+from plmkit.models.generation import generate
+from plmkit.models.heads import TaskModel
+
+Progress = Callable[[int], None]
+
+
+def context_window(model: nn.Module) -> int:
+    """The model's context length (lm-eval reads n_positions / max_position_embeddings: the same)."""
+    limit = getattr(getattr(model, "config", None), "max_positions", None)
+    if limit is None:
+        raise ConfigError("the model's config has no max_positions: cannot size its context window")
+    return int(limit)
+
+
+def prefix_token_id(tokenizer: Any) -> int:
+    """The token an empty context is replaced by: BOS, else EOS (lm-eval's `prefix_token_id`)."""
+    for token_id in (tokenizer.bos_id, tokenizer.eos_id):
+        if token_id is not None:
+            return token_id
+    raise ConfigError("the tokenizer has neither a BOS nor an EOS token to condition an empty context on")
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's `_encode_pair`: trailing spaces of the context move to the continuation, the whole
+    string is encoded and split at the context's length (so merges across the seam are the whole's)."""
+    if context == "":
+        cont = tokenizer.encode(continuation, add_special_tokens=False)
+        prefix = prefix_token_id(tokenizer)
+        return ([prefix], cont) if not cont or cont[0] != prefix else (cont[:1], cont[1:])
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = tokenizer.encode(context + continuation)
+    ctx = tokenizer.encode(context)
+    return ctx, whole[len(ctx):]
+
+
+@dataclass
+class Scored:
+    """Sum of log p(continuation | context), and whether greedy decoding would produce it."""
+
+    logprob: float
+    is_greedy: bool
+
+
+def _forward_hidden(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    if isinstance(model, TaskModel):
+        return model.backbone(input_ids=ids, attention_mask=mask, cache=cache)  # (B, T, D)
+    return model(input_ids=ids, attention_mask=mask, cache=cache)  # logits already
+
+
+def _head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return model.head(hidden, None) if isinstance(model, TaskModel) else hidden
+
+
+def _fit(ctx: list[int], cont: list[int], max_length: int) -> tuple[tuple[int, ...], list[int]]:
+    """Left-truncate as lm-eval does: the model sees (ctx + cont)[-(max_length + 1):][:-1]."""
+    if not cont:
+        raise ConfigError("a continuation encodes to no tokens")
+    if len(cont) > max_length:
+        raise ConfigError(f"a continuation of {len(cont)} tokens exceeds the context window of {max_length}")
+    whole = (ctx + cont)[-(max_length + 1):]
+    return tuple(whole[: len(whole) - len(cont)]), cont
+
+
+@torch.inference_mode()
+def loglikelihoods(
+    model: nn.Module,
+    requests: Sequence[tuple[list[int], list[int]]],
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> list[Scored]:
+    """Score (context ids, continuation ids) requests; results in request order.
+
+    `batch_size` bounds the continuation rows of one forward pass. Requests with identical contexts
+    share one context pass (the KV cache is copied per continuation).
+    """
+    max_length = context_window(model)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+    for i, (ctx, cont) in enumerate(requests):
+        key, cont = _fit(list(ctx), list(cont), max_length)
+        groups.setdefault(key, []).append((i, cont))
+    # Longest first, as lm-eval: the first batch is the widest, so memory trouble shows at once.
+    order = sorted(groups.items(), key=lambda kv: -(len(kv[0]) + max(len(c) for _, c in kv[1])))
+    results: list[Scored | None] = [None] * len(requests)
+    was_training = model.training
+    model.eval()
+    try:
+        start = 0
+        while start < len(order):
+            rows, end = 0, start
+            while end < len(order) and (end == start or rows + len(order[end][1]) <= batch_size):
+                rows += len(order[end][1])
+                end += 1
+            for i, scored in _score_batch(model, order[start:end], device, dtype):
+                results[i] = scored
+            if progress is not None:
+                progress(rows)
+            start = end
+    finally:
+        model.train(was_training)
+    return results  # type: ignore[return-value]
+
+
+def _score_batch(
+    model: nn.Module,
+    batch: Sequence[tuple[tuple[int, ...], list[tuple[int, list[int]]]]],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> list[tuple[int, Scored]]:
+    g = len(batch)
+    ctx_len = max(len(ctx) for ctx, _ in batch)
+    tail = max(len(cont) for _, members in batch for _, cont in members) - 1  # continuation inputs
+    cache = KVCache.for_model(model.config, g, ctx_len + max(tail, 0), dtype, device)
+    ids = torch.zeros(g, ctx_len, dtype=torch.long)
+    mask = torch.zeros(g, ctx_len, dtype=torch.long)
+    for row, (ctx, _) in enumerate(batch):
+        ids[row, : len(ctx)] = torch.tensor(ctx)
+        mask[row, : len(ctx)] = 1
+    hidden = _forward_hidden(model, ids.to(device), mask.to(device), cache)  # (G, T, D)
+    last = (mask.sum(-1) - 1).to(device)
+    first = _head(model, hidden[torch.arange(g, device=device), last]).float().log_softmax(-1)  # (G, V)
+
+    # One row per continuation: the context's cache rows copied, then the continuations' inputs.
+    members = [(row, i, cont) for row, (_, ms) in enumerate(batch) for i, cont in ms]
+    cont_logps: torch.Tensor | None = None
+    if tail > 0:
+        cache.reorder(torch.tensor([row for row, _, _ in members], device=device))
+        r = len(members)
+        cont_ids = torch.zeros(r, tail, dtype=torch.long)
+        cont_mask = torch.zeros(r, tail, dtype=torch.long)
+        for j, (_, _, cont) in enumerate(members):
+            n = len(cont) - 1
+            if n:
+                cont_ids[j, :n] = torch.tensor(cont[:-1])
+                cont_mask[j, :n] = 1
+        hidden = _forward_hidden(model, cont_ids.to(device), cont_mask.to(device), cache)  # (R, T, D)
+        real = cont_mask.bool().to(device)
+        # Only the positions that predict a continuation token go through the LM head.
+        cont_logps = _head(model, hidden[real]).float().log_softmax(-1)  # (N real, V)
+    out = []
+    offset = 0
+    for row, i, cont in members:
+        logps = [first[row]]
+        if len(cont) > 1:
+            assert cont_logps is not None
+            logps.append(cont_logps[offset : offset + len(cont) - 1])
+            offset += len(cont) - 1
+        table = torch.cat([x.reshape(-1, x.shape[-1]) for x in logps])  # (len(cont), V)
+        targets = torch.tensor(cont, device=table.device)
+        picked = table.gather(1, targets[:, None]).squeeze(1)
+        greedy = bool((table.argmax(-1) == targets).all())
+        out.append((i, Scored(float(picked.sum()), greedy)))
+    return out
+
+
+def rolling_windows(
+    token_ids: Sequence[int], prefix: int, max_length: int
+) -> list[tuple[list[int], list[int]]]:
+    """lm-eval's disjoint rolling windows (context_len=1): every token is predicted once, each window
+    conditioning on up to max_length earlier tokens; the first conditions on `prefix`."""
+    tokens = list(token_ids)
+    windows = []
+    if not tokens:
+        return windows
+    first = min(max_length, len(tokens))
+    windows.append(([prefix] + tokens[: first - 1], tokens[:first]))
+    predicted = first
+    while predicted < len(tokens):
+        n = min(len(tokens) - predicted, max_length)
+        end = predicted + n
+        windows.append((tokens[end - max_length - 1 : end - 1], tokens[end - n : end]))
+        predicted += n
+    # make_disjoint_window: the context keeps only what the continuation does not already hold.
+    return [(ctx[: len(ctx) - (len(cont) - 1)], cont) for ctx, cont in windows]
+
+
+def cut_at_stops(text: str, stops: Sequence[str]) -> str:
+    """The text before the first occurrence of any stop sequence."""
+    for stop in stops:
+        if stop:
+            text = text.split(stop)[0]
+    return text
+
+
+@torch.inference_mode()
+def generate_until(
+    model: nn.Module,
+    tokenizer: Any,
+    contexts: Sequence[str],
+    until: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    samples: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> list[list[str]]:
+    """Continue each context until a stop sequence, EOS or `max_new_tokens`; `samples` texts each
+    (greedy when samples == 1). As lm-eval, the context keeps its last (window - max_new_tokens)
+    tokens and each text is cut before the first stop sequence."""
+    max_length = context_window(model)
+    if max_new_tokens >= max_length:
+        raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room in the {max_length}-token context")
+    eos = tokenizer.eos_id
+    stops = list(until)
+    keep = max_length - max_new_tokens
+    encoded = [tokenizer.encode(c)[-keep:] for c in contexts]
+    order = sorted(range(len(contexts)), key=lambda i: -len(encoded[i]))
+    out: list[list[str]] = [[] for _ in contexts]
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    per_batch = max(1, batch_size // samples)
+    for start in range(0, len(order), per_batch):
+        chunk = order[start : start + per_batch]
+        prompts = [encoded[i] for i in chunk for _ in range(samples)]
+        if any(not p for p in prompts):
+            raise ConfigError("a generation context encodes to no tokens")
+        new = generate(
+            model, prompts, max_new_tokens=max_new_tokens, do_sample=samples > 1,
+            temperature=temperature, top_p=top_p, eos_token_id=eos,
+            pad_token_id=eos if eos is not None else 0, stop_strings=stops, tokenizer=tokenizer,
+            generator=generator if samples > 1 else None,
+        )
+        for j, row in enumerate(new.tolist()):
+            if eos is not None and eos in row:
+                row = row[: row.index(eos)]
+            out[chunk[j // samples]].append(cut_at_stops(tokenizer.decode(row), stops))
+        if progress is not None:
+            progress(len(chunk))
+    return out

@@ -1,0 +1,94 @@
+"""Tiny GPT-2 and Llama checkpoints trained a few steps on a toy corpus, written with plmkit.save_hf,
+and small local task files: what the parity tests score with plmkit and with lm-evaluation-harness."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import processors
+
+import plmkit
+from plmkit.data.tokenizer import train_tokenizer
+from plmkit.models.gpt import GPT2Config, gpt2_lm
+from plmkit.models.llama import LlamaConfig, llama_lm
+from plmkit.objectives.clm import causal_lm_loss
+
+COLORS = ["red", "blue", "green", "black", "white"]
+ANIMALS = ["cat", "dog", "fox", "owl", "cow"]
+
+
+def toy_lines(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        color, animal = rng.choice(COLORS), rng.choice(ANIMALS)
+        rows.append({
+            "question": f"What is {a} plus {b}?", "answer": str(a + b),
+            "sentence": f"The {color} {animal} sat down.", "color": color,
+            "pair": f"{color} {animal}",
+            "options": [f"{c} {animal}" for c in [c for c in COLORS if c != color][:2] + [color]],
+        })
+    return rows
+
+
+def corpus(rows: list[dict]) -> str:
+    return "\n\n".join(
+        f"Question: {r['question']}\nAnswer: {r['answer']}\n\n{r['sentence']} Color: {r['color']}"
+        for r in rows
+    )
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("toy_data")
+    train, test = toy_lines(40, 0), toy_lines(12, 1)
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train), encoding="utf-8")
+    (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test), encoding="utf-8")
+    (root / "corpus.txt").write_text(corpus(toy_lines(200, 2)), encoding="utf-8")
+    return root
+
+
+def _train(model: torch.nn.Module, ids: list[int], steps: int = 200) -> None:
+    stream = torch.tensor(ids)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(steps):
+        starts = torch.randint(0, len(stream) - 65, (8,), generator=torch.Generator().manual_seed(step))
+        batch = torch.stack([stream[s : s + 65] for s in starts.tolist()])
+        loss_sum, n = causal_lm_loss(model(batch[:, :-1]), batch[:, 1:])
+        opt.zero_grad()
+        (loss_sum / n).backward()
+        opt.step()
+    model.eval()
+
+
+def _checkpoint(family: str, out: Path, data: Path) -> Path:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    if family == "gpt2":
+        tok = train_tokenizer([data / "corpus.txt"], kind="bpe", vocab_size=300,
+                              special_tokens=["<|endoftext|>"])
+        model = gpt2_lm(GPT2Config(vocab_size=tok.vocab_size, max_positions=128, d_model=32, num_layers=2,
+                                   num_heads=2, dropout=0.0))
+    else:
+        tok = train_tokenizer([data / "corpus.txt"], kind="bpe", vocab_size=300,
+                              special_tokens={"bos": "<s>", "eos": "</s>", "unk": "<unk>"})
+        # Llama's tokenizer puts BOS before every text; lm-eval and plmkit must both see it.
+        tok.backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+        model = llama_lm(LlamaConfig(vocab_size=tok.vocab_size, max_positions=128, d_model=32, num_layers=2,
+                                     num_heads=4, num_kv_heads=2, d_ff=64))
+    ids = tok.encode((data / "corpus.txt").read_text(encoding="utf-8"), add_special_tokens=False)
+    _train(model, ids)
+    plmkit.save_hf(model, out, tokenizer=tok)
+    return out
+
+
+@pytest.fixture(scope="session", params=["gpt2", "llama"])
+def checkpoint(request, tmp_path_factory, toy_data) -> Path:
+    return _checkpoint(request.param, tmp_path_factory.mktemp(request.param), toy_data)
