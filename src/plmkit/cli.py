@@ -31,6 +31,8 @@ COMMANDS: Commands = {
     "world": "plmkit.recipes.world",
     "tour": "plmkit.recipes.tour",
     "ppo": "plmkit.recipes.ppo",
+    "grpo": "plmkit.recipes.grpo",
+    "cai": {"revise": "plmkit.recipes.cai_revise", "label": "plmkit.recipes.cai_label"},
     "tokenizer": {
         "train": "plmkit.recipes.tokenizer",
     },
