@@ -50,6 +50,9 @@ def toy_data(tmp_path_factory) -> Path:
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train), encoding="utf-8")
     (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test), encoding="utf-8")
     (root / "corpus.txt").write_text(corpus(toy_lines(200, 2)), encoding="utf-8")
+    # Documents longer than the 128-token window: perplexity runs over several rolling windows.
+    pages = [{"page": corpus(toy_lines(n, 10 + n))} for n in (3, 12, 25)]
+    (root / "pages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pages), encoding="utf-8")
     return root
 
 

@@ -34,6 +34,7 @@ TASKS = {
         "prompt": "Question: {question}\nAnswer:", "target": " {answer}", "num_fewshot": 2,
         "generation": {"until": ["\n"], "max_new_tokens": 6},
     },
+    "toy_ppl": {"kind": "perplexity", "eval_file": "pages.jsonl", "prompt": "{page}"},
 }
 
 
@@ -52,9 +53,9 @@ def lm_eval_yaml(spec: TaskSpec, data: Path) -> dict:
         "dataset_kwargs": {"data_files": files},
         "test_split": "test",
         "fewshot_split": "train" if spec.fewshot_file else "test",
-        "output_type": spec.kind,
-        "doc_to_text": jinja(spec.prompt),
-        "doc_to_target": jinja(spec.target),
+        "output_type": "loglikelihood_rolling" if spec.kind == "perplexity" else spec.kind,
+        "doc_to_text": "" if spec.kind == "perplexity" else jinja(spec.prompt),
+        "doc_to_target": jinja(spec.prompt if spec.kind == "perplexity" else spec.target),
         "target_delimiter": spec.target_delimiter,
         "fewshot_delimiter": spec.fewshot_delimiter,
         "num_fewshot": spec.num_fewshot,
@@ -137,6 +138,18 @@ def test_generate_until_matches_lm_eval(both):
         assert a["context"] == ref_context(b), (a["context"], b["arguments"])
         assert a["generations"] == [b["resps"][0][0]]
     assert mine["exact_match"] == ref["results"]["toy_gen"]["exact_match,none"]
+
+
+def test_rolling_perplexity_matches_lm_eval(both, checkpoint):
+    ours, ref = both
+    mine, theirs = ours["toy_ppl"], ref_samples(ref, "toy_ppl")
+    for a, b in zip(mine["samples"], theirs):
+        assert a["logprob"] == pytest.approx(b["resps"][0][0], abs=1e-4)
+    r = ref["results"]["toy_ppl"]
+    for metric in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
+        assert mine[metric] == pytest.approx(r[f"{metric},none"], rel=1e-5)
+    tok = plmkit.load(checkpoint).require_tokenizer()
+    assert len(tok.encode(theirs[-1]["doc"]["page"])) > 2 * 128  # three windows or more
 
 
 def test_the_checkpoints_give_the_comparison_something_to_compare(both, checkpoint):

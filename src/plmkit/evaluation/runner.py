@@ -296,7 +296,8 @@ def _perplexity(model, tokenizer, spec, docs, contexts, batch_size, bar):
     texts = [render(spec, "prompt", spec.prompt, doc) for doc in docs]
     requests, owner = [], []
     for d, text in enumerate(texts):
-        for pair in lm.rolling_windows(tokenizer.encode(text, add_special_tokens=False), prefix, window):
+        # Encoded with the tokenizer's own special tokens, as lm-eval's loglikelihood_rolling does.
+        for pair in lm.rolling_windows(tokenizer.encode(text), prefix, window):
             requests.append(pair)
             owner.append(d)
     scored = lm.loglikelihoods(model, requests, batch_size)
