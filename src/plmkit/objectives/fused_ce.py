@@ -271,6 +271,10 @@ def lm_projection(model: nn.Module) -> tuple[Callable[[Tensor], Tensor], Tensor,
 
     if not isinstance(model, TaskModel):
         return None
+    if any(type(m).__name__.startswith("FSDP") for m in (model, model.head)):
+        # FSDP2 gathers the root's sharded weights in the root module's forward hook, which calling
+        # `model.backbone` directly would skip: the caller uses the logits of `model(...)` instead.
+        return None
     head = model.head
     projection = getattr(head, "lm_head", None)
     weight = getattr(projection, "weight", None)
