@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 
 from plmkit.data.records import PreferencePair
 from plmkit.errors import ConfigError, DataError
+from plmkit.io import write_json
 from plmkit.models.heads import ScalarHead, SequenceClassificationHead, TaskModel
 
 ENCODER_TYPES = ("bert", "roberta", "albert", "distilbert")
@@ -132,12 +132,7 @@ def save_reward_model(model: nn.Module, path: str | os.PathLike, tokenizer: Any 
     config["pad_token_id"] = pad if pad is not None and pad != eos else None
     if eos is not None:
         config["eos_token_id"] = eos
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=".config-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(config, indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, config_path)
+    write_json(config_path, config)
     return path
 
 
