@@ -286,6 +286,13 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     return ids, mask
 
 
+# What `generate` does for an option neither the call nor the model's generation_config sets.
+GENERATE_DEFAULTS = {
+    "do_sample": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
+    "num_beams": 1, "length_penalty": 1.0, "eos_token_id": None, "pad_token_id": None,
+}
+
+
 @torch.inference_mode()
 def generate(
     model: nn.Module,
@@ -293,13 +300,13 @@ def generate(
     attention_mask: torch.Tensor | None = None,
     *,
     max_new_tokens: int = 32,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    num_beams: int = 1,
-    length_penalty: float = 1.0,
+    do_sample: bool | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float | None = None,
+    num_beams: int | None = None,
+    length_penalty: float | None = None,
     early_stopping: bool = False,
     eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int | None = None,
@@ -319,8 +326,22 @@ def generate(
     decode step through `torch.compile`. A prompt plus `max_new_tokens` longer than the model's context
     window (`config.max_positions`) is an error unless `sliding_window=True`: then each token is
     predicted from the last `max_positions` tokens (see `SlidingWindow`; `compile` is not used then).
+
+    Sampling options and `eos_token_id` / `pad_token_id` left as None come from the model's
+    `generation_config` (what `plmkit.load` read from generation_config.json: a Llama 3 checkpoint samples
+    at temperature 0.6 and stops at either of its two EOS ids), else from `GENERATE_DEFAULTS` (greedy).
     """
     config = model.config
+    defaults = {**GENERATE_DEFAULTS, **(getattr(model, "generation_config", None) or {})}
+    do_sample = defaults["do_sample"] if do_sample is None else do_sample
+    temperature = defaults["temperature"] if temperature is None else temperature
+    top_k = defaults["top_k"] if top_k is None else top_k
+    top_p = defaults["top_p"] if top_p is None else top_p
+    repetition_penalty = defaults["repetition_penalty"] if repetition_penalty is None else repetition_penalty
+    num_beams = defaults["num_beams"] if num_beams is None else num_beams
+    length_penalty = defaults["length_penalty"] if length_penalty is None else length_penalty
+    eos_token_id = defaults["eos_token_id"] if eos_token_id is None else eos_token_id
+    pad_token_id = defaults["pad_token_id"] if pad_token_id is None else pad_token_id
     eos_ids = [] if eos_token_id is None else (
         [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     )
