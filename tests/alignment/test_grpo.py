@@ -307,3 +307,69 @@ def test_bad_settings_are_one_line_errors():
         answer_reward({"Q1": "1"})(["Q9"], ["#### 1"])
     with pytest.raises(ConfigError, match="EOS"):
         train_grpo(tiny_gpt(), PROMPTS, fraction_of_a, small_cfg(), tokenizer=CharTokenizer(list("abcd")))
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+
+def test_gsm8k_reference_solutions_earn_both_rewards(shared_data):
+    """On the real GSM8K rows, each reference solution scores 1 under the answer and the format rewards, and a
+    solution with its final number changed scores 0 for the answer."""
+    from plmkit.recipes.grpo import Config, read_problems
+
+    path = shared_data / "gsm8k" / "train.jsonl"
+    cfg = Config(
+        policy="unused", prompts=str(path), prompt_field="question", out_dir="unused", max_prompts=50
+    )
+    prompts, references = read_problems(cfg)
+    solutions = [references[p] for p in prompts]
+    assert answer_reward(references)(prompts, solutions) == [1.0] * 50
+    assert format_reward(prompts, solutions) == [1.0] * 50
+    wrong = [s + "1" for s in solutions]  # "#### 72" -> "#### 721"
+    assert answer_reward(references)(prompts, wrong) == [0.0] * 50
+
+
+def test_grpo_command_trains_and_saves(tmp_path, capsys):
+    import json
+
+    from plmkit.cli import main
+    from plmkit.interop.hf import load, save_hf
+
+    tok = CharTokenizer(list("0123456789+=# "), {"eos": "|"})
+    torch.manual_seed(0)
+    model = gpt2_lm(
+        GPT2Config(vocab_size=tok.vocab_size, max_positions=32, d_model=16, num_layers=1, num_heads=2)
+    )
+    policy = save_hf(model, tmp_path / "policy", tokenizer=tok)
+    data = tmp_path / "problems.jsonl"
+    rows = [{"question": "1+1=", "answer": "1+1=2\n#### 2"}, {"question": "2+3=", "answer": "#### 5"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    args = [
+        "grpo",
+        f"--policy={policy}",
+        f"--prompts={data}",
+        "--prompt_field=question",
+        f"--out_dir={out}",
+        "--rewards=answer,format",
+        "--reward_weights=1,0.5",
+        "--grpo.steps=2",
+        "--grpo.group_size=4",
+        "--grpo.prompts_per_step=2",
+        "--grpo.max_new_tokens=6",
+        "--grpo.lr=1e-3",
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert (
+        [m["step"] for m in metrics] == [1, 2]
+        and "reward/answer" in metrics[0]
+        and "reward/format" in metrics[0]
+    )
+    report = json.loads((out / "grpo_report.json").read_text())
+    assert report["steps"] == 2 and (out / "step-2").is_dir()
+    assert load(out / "model").model.config.vocab_size == tok.vocab_size
+    capsys.readouterr()
+    assert main([*args[:5], "--rewards=answer,typo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--rewards=answer,typo" in err
