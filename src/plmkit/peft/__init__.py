@@ -154,8 +154,13 @@ def apply_peft(model: nn.Module, method: str | PeftOptions, cfg: Any = None, nam
     return model
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, name: str | None = None) -> Path:
-    """Write adapter `name` (default: the active one) as `adapter_config.json` + `adapter.safetensors`."""
+def save_adapter(model: nn.Module, path: str | os.PathLike, name: str | None = None, base: str = "",
+                 labels: list[str] | None = None) -> Path:
+    """Write adapter `name` (default: the active one) as `adapter_config.json` + `adapter.safetensors`.
+
+    The directory carries what reusing it needs: the modules trained in full (such as a new task head)
+    and how to rebuild that head, the base it was trained on (`base`, a path, recorded as given) with a
+    fingerprint of the base weights (and of them with this adapter merged), and the task's `labels`."""
     reg = _registry(model)
     if name is None:
         active = {h.active for _, h in core.hosts(model)} - {None}
@@ -165,13 +170,29 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, name: str | None = N
     if name not in reg:
         raise ConfigError(f"save_adapter: no adapter named {name!r} was attached with apply_peft")
     method, config = reg[name]
-    config = {**config, "modules_to_save": core.modules_to_save(model)}
-    return core.save_adapter(model, path, method, config, name)
+    saved = core.modules_to_save(model)
+    config = {**config, "modules_to_save": saved}
+    recorded: dict[str, Any] = {"path": str(base), "fingerprint": core.weights_fingerprint(model)}
+    if method in MERGEABLE:
+        recorded["merged_fingerprint"] = core.weights_fingerprint(model, merged=True)
+    extra: dict[str, Any] = {"base": recorded}
+    head = getattr(model, "head", None)
+    if "head" in saved and head is not None and core.head_spec(head) is not None:
+        extra["head"] = core.head_spec(head)
+    if labels:
+        extra["labels"] = list(labels)
+    return core.save_adapter(model, path, method, config, name, extra)
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default",
-                 tokenizer: Any = None) -> nn.Module:
-    """Attach the adapter saved in `path` under `name` and load its weights; use the returned model."""
+                 tokenizer: Any = None, check_base: bool = True) -> nn.Module:
+    """Attach the adapter saved in `path` under `name` and load its weights; use the returned model.
+
+    The model may be the plain base the adapter was trained on (a backbone, or a checkpoint with another
+    head): a task head the adapter carries is rebuilt on its backbone. With `check_base` the base weights
+    must have the fingerprint the adapter recorded; weights the adapter is already merged into are refused.
+    """
+    meta = core.read_adapter_meta(path)
     method, config, state = core.read_adapter(path)
     where = str(Path(path) / core.ADAPTER_WEIGHTS)
     if method not in METHODS:
@@ -184,9 +205,16 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
         raise CheckpointError(f"{Path(path) / core.ADAPTER_CONFIG}: bad {method} config ({e})") from None
     if method == "prompt":
         cfg.init_text = ""  # the weights come from the file
+    if meta.get("head") and "head" in saved:
+        model = core.with_head(model, meta["head"], str(Path(path) / core.ADAPTER_CONFIG))
     model = apply_peft(model, method, cfg, name, tokenizer=tokenizer, modules_to_save=saved)
     core.load_adapter_state_dict(model, state, name, where)
+    if check_base:  # after the shapes: a model of another size is better named by them
+        core.check_base(model, meta.get("base") or {}, str(path))
     return model
+
+
+MERGEABLE = ("lora", "ia3")  # methods whose update folds into the base weights
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -250,9 +251,134 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], na
             own[key].copy_(tensor)
 
 
+# ---- what an adapter was trained on: the base weights' fingerprint and the task head -----------------
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The encoder/decoder under a task head (`TaskModel.backbone`), or the model itself."""
+    backbone = getattr(model, "backbone", None)
+    return backbone if isinstance(backbone, nn.Module) and hasattr(model, "head") else model
+
+
+def _plain_state(module: nn.Module, merged: bool) -> dict[str, torch.Tensor]:
+    """The module's tensors as a plain model holds them: hosts unwrapped (`x.base.weight` -> `x.weight`),
+    adapter tensors left out; with `merged`, LoRA/IA3 hosts as `merge` would leave their base."""
+    host_paths = {name for name, m in module.named_modules() if is_host(m)}
+    mergeable = {name: m for name, m in module.named_modules() if is_host(m) and hasattr(m, "merge")}
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in module.state_dict().items():
+        parts, wrapped, plain, skip = key.split("."), "", [], False
+        for part in parts[:-1]:
+            if wrapped in host_paths and part == "adapters":
+                skip = True
+                break
+            if not (wrapped in host_paths and part == "base"):
+                plain.append(part)
+            wrapped = f"{wrapped}.{part}" if wrapped else part
+        if skip:
+            continue
+        out[".".join(plain + parts[-1:])] = tensor
+    if merged:
+        import copy
+
+        for where, host in mergeable.items():
+            if host.active is None or getattr(host, "merged", False):
+                continue
+            twin = copy.deepcopy(host)  # one layer at a time: merge() is the one home of the arithmetic
+            twin.merge()
+            plain = ".".join(p for p in where.split(".") if p)
+            for tname, tensor in twin.base.state_dict().items():
+                out[f"{plain}.{tname}" if plain else tname] = tensor
+    return out
+
+
+def weights_fingerprint(model: nn.Module, merged: bool = False) -> str:
+    """sha256 of the backbone's frozen weights (names, dtypes, shapes, bytes), adapters and head left out.
+
+    The same for a plain base model and for that base with adapters attached, so an adapter can record the
+    base it was trained on; `merged=True` gives what `merge_and_unload` would leave (the weights an adapter
+    must not be applied to again). A BERT-family pooler is left out: fine-tuning moves it into the
+    classification head, which the adapter carries.
+    """
+    state = _plain_state(backbone_of(model), merged)
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        if key.split(".")[0] == "pooler":
+            continue
+        tensor = state[key].detach().contiguous().cpu()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def head_spec(head: nn.Module) -> dict | None:
+    """The constructor arguments of a task head, so an adapter directory can rebuild it (None: not one
+    of the task heads)."""
+    from plmkit.models.heads import SequenceClassificationHead, SpanHead, TokenClassificationHead
+
+    if isinstance(head, SequenceClassificationHead):
+        return {"class": "SequenceClassificationHead", "num_labels": head.num_labels, "pooling": head.pooling,
+                "activation": head.activation_name, "dropout": head.dropout.p,
+                "dropout_before_dense": head.dropout_before_dense}
+    if isinstance(head, TokenClassificationHead):
+        return {"class": "TokenClassificationHead", "num_labels": head.num_labels, "dropout": head.dropout.p}
+    if isinstance(head, SpanHead):
+        return {"class": "SpanHead", "dropout": head.dropout.p}
+    return None
+
+
+def with_head(model: nn.Module, spec: dict, where: str) -> nn.Module:
+    """`TaskModel(backbone of model, the head spec describes)`: the task model an adapter was trained as.
+    A BERT-family pooler is dropped, as fine-tuning does (the head's `dense` holds it)."""
+    from dataclasses import replace
+
+    from plmkit.models.heads import SequenceClassificationHead, SpanHead, TaskModel, TokenClassificationHead
+
+    builders = {"SequenceClassificationHead": SequenceClassificationHead,
+                "TokenClassificationHead": TokenClassificationHead, "SpanHead": SpanHead}
+    args = dict(spec)
+    cls = builders.get(args.pop("class", None))
+    if cls is None:
+        raise CheckpointError(f"{where}: unknown task head {spec.get('class')!r}")
+    backbone = backbone_of(model)
+    head = cls(backbone.config.d_model, **args)
+    if getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None
+        backbone.config = replace(backbone.config, add_pooler=False)
+    param = next(backbone.parameters())
+    return TaskModel(backbone, head.to(param.device, param.dtype)).train(model.training)
+
+
+def check_base(model: nn.Module, base: dict, where: str) -> None:
+    """Refuse weights the adapter was not trained on, and weights it is already merged into."""
+    want = base.get("fingerprint")
+    if not want:
+        return
+    have = weights_fingerprint(model)
+    if have == want:
+        return
+    if have == base.get("merged_fingerprint"):
+        raise ConfigError(f"{where}: these weights already have the adapter merged into them; apply it "
+                          f"to its base ({base.get('path') or 'the model it was trained on'}) instead")
+    raise ConfigError(f"{where}: the adapter was trained on other weights ({base.get('path') or 'unknown'}, "
+                      f"fingerprint {want[:12]}, these are {have[:12]})")
+
+
+def read_adapter_meta(path: str | os.PathLike) -> dict:
+    """The whole `adapter_config.json` of an adapter directory (method, config, base, head, labels)."""
+    cfg_file = Path(path) / ADAPTER_CONFIG
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{path}: no {ADAPTER_CONFIG} (not an adapter directory)")
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_file}: invalid JSON at line {e.lineno}: {e.msg}") from None
+
+
 def save_adapter(model: nn.Module, path: str | os.PathLike, method: str, config: dict,
-                 name: str | None = None) -> Path:
-    """Write `adapter_config.json` + `adapter.safetensors` (only the adapter) into directory `path`."""
+                 name: str | None = None, extra: dict | None = None) -> Path:
+    """Write `adapter_config.json` + `adapter.safetensors` (only the adapter) into directory `path`;
+    `extra` adds keys to `adapter_config.json` (the base, the head, the labels)."""
     path = Path(path)
     state = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model, name).items()}
     if not state:
@@ -260,7 +386,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, method: str, config:
     # the whole directory is published at once: a killed save leaves the previous adapter whole
     with atomic_dir(path, replaces=ADAPTER_CONFIG) as tmp:
         save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        (tmp / ADAPTER_CONFIG).write_text(json.dumps({"method": method, "config": config}, indent=2) + "\n")
+        meta = {"method": method, "config": config, **(extra or {})}
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
 
@@ -268,12 +395,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[str, dict, dict[str, torch.Te
     """(method, config dict, tensors) of an adapter directory written by `save_adapter`."""
     path = Path(path)
     cfg_file, weights = path / ADAPTER_CONFIG, path / ADAPTER_WEIGHTS
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{path}: no {ADAPTER_CONFIG} (not an adapter directory)")
-    try:
-        meta = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_file}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    meta = read_adapter_meta(path)
     for key in ("method", "config"):
         if key not in meta:
             raise CheckpointError(f"{cfg_file}: missing key {key!r}")

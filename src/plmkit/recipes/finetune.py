@@ -503,7 +503,9 @@ def run(cfg: Config) -> dict:
         if cfg.peft.method:
             from plmkit.peft import merge_and_unload, save_adapter
 
-            summary["adapter_dir"] = str(save_adapter(model, out / "adapter"))
+            # The adapter directory alone rebuilds this task model on the base (plmkit merge/load_adapter).
+            adapter_dir = save_adapter(model, out / "adapter", base=cfg.pretrained, labels=labels)
+            summary["adapter_dir"] = str(adapter_dir)
             if mergeable:
                 model = merge_and_unload(model)
         model_dir = save_hf(model, out / "model", tokenizer=tokenizer) if mergeable else None
