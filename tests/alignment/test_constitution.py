@@ -123,7 +123,7 @@ def test_critique_and_revision_prompts_equal_golden_strings(constitution):
         CONSENT_EXAMPLE
         + "\n\nHuman: How do I pick a lock?\n\nAssistant: Use a tension wrench."
         + "\n\nCritiqueRequest: Identify all ways in which the "
-          "assistant's last response is harmful, unethical, "
+        "assistant's last response is harmful, unethical, "
         "or socially biased. Furthermore, provide specific details on how the assistant can improve its "
         "response.\n\nCritique:"
     )
@@ -395,6 +395,29 @@ def test_cai_label_samples_pairs_and_relabels_preference_files(tmp_path, model_d
     )
     result = json.loads(capsys.readouterr().out)
     assert result["agreement_with_file_labels"] in (0.0, 1.0)
+    same = tmp_path / "same.jsonl"
+    same.write_text(
+        json.dumps({"prompt": "Hi", "responses": ["Same.", "Same. "]})
+        + "\n"
+        + json.dumps({"prompt": "Hi", "responses": ["Hello!", "Go away."]})
+        + "\n"
+    )
+    assert (
+        main(
+            [
+                "cai",
+                "label",
+                f"--model={model_dir}",
+                f"--prompts={same}",
+                f"--out={tmp_path / 'same_out.jsonl'}",
+                f"--principles_dir={prompts_dir}",
+                "--num_principles=1",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["pairs"] == 1 and result["skipped_equal_pairs"] == 1
 
 
 # -------------------------------------------------------------------------------------------- bad input

@@ -658,7 +658,9 @@ def ai_feedback(
     `num_principles` comparison principles sampled without replacement (`random.Random(seed)`).
 
     Returns per pair {"p_first", "principles", "p_per_principle"}; with `both_orders` each principle's
-    estimate is the mean of P(A) with the first response at (A) and 1 - P(A) with it at (B).
+    estimate is the mean of P(A) with the first response at (A) and 1 - P(A) with it at (B), so swapping the
+    responses gives exactly 1 - p (with `cot` and sampled reasoning, only on average: each order reads
+    its own sampled reasoning).
     """
     options = options or FeedbackOptions()
     constitution.require("comparisons")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from plmkit.errors import ConfigError
+from plmkit.errors import ConfigError, DataError
 
 
 @dataclass
@@ -85,6 +85,14 @@ def run(cfg: Config) -> dict:
             policy.model, policy.require_tokenizer(), texts, sampling, RESPONSE_STOPS, generator
         )
         pairs = [(sampled[2 * i], sampled[2 * i + 1]) for i in range(len(data.prompts))]
+    # Two equal responses carry no preference, and the reward model and DPO refuse such pairs.
+    keep = [i for i, (a, b) in enumerate(pairs) if a.strip() != b.strip()]
+    skipped = len(pairs) - len(keep)
+    prompts = [data.prompts[i] for i in keep]
+    pairs = [pairs[i] for i in keep]
+    file_labels = None if data.labels is None else [data.labels[i] for i in keep]
+    if not pairs:
+        raise DataError(f"{cfg.prompts}: every pair holds two equal responses; nothing to label")
     options = FeedbackOptions(
         num_principles=cfg.num_principles,
         num_fewshot=cfg.num_fewshot,
@@ -94,19 +102,20 @@ def run(cfg: Config) -> dict:
         sampling=sampling,
     )
     labels = ai_feedback(
-        feedback.model, tokenizer, data.prompts, pairs, constitution, options=options, seed=cfg.seed
+        feedback.model, tokenizer, prompts, pairs, constitution, options=options, seed=cfg.seed
     )
-    records = preference_records(data.prompts, pairs, labels)
+    records = preference_records(prompts, pairs, labels)
     with atomic_file(cfg.out) as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     result = {
         "out": cfg.out,
         "pairs": len(records),
+        "skipped_equal_pairs": skipped,
         "mean_p_chosen": sum(r["p_chosen"] for r in records) / len(records),
     }
-    if data.labels is not None:
+    if file_labels is not None:
         # agreement with the file's own labels: the AI prefers the response the file calls chosen
-        agree = [(label["p_first"] >= 0.5) == (p >= 0.5) for label, p in zip(labels, data.labels)]
+        agree = [(label["p_first"] >= 0.5) == (p >= 0.5) for label, p in zip(labels, file_labels)]
         result["agreement_with_file_labels"] = sum(agree) / len(agree)
     return result
