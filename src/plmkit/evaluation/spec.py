@@ -14,7 +14,9 @@ Shots are drawn per example with one `random.Random(fewshot_seed)` in document o
 `ContextSampler`); when the few-shot file is the evaluation file, the example itself is left out.
 
 Templates use Python's `{field}` slots (also `{field[0]}` into a list); a target that renders to digits
-is an index into the choices, as in lm-eval.
+is an index into the choices, as in lm-eval. `choices` is a list of templates (literal words or slots
+such as "{chosen}") or the name of a field that holds the list. `fewshot_samples` fixes the
+demonstrations (the first k, in order: lm-eval's `first_n` sampler), as for chain-of-thought exemplars.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class TaskSpec:
     target: str = ""
     choices: list[str] | str | None = None  # a list, or the name of a field holding the list
     fewshot_file: str = ""
+    fewshot_samples: list[dict[str, Any]] = field(default_factory=list)  # fixed shots, used in order
     num_fewshot: int = 0
     fewshot_seed: int = 1234
     target_delimiter: str = " "
@@ -177,7 +180,7 @@ def check_spec(spec: TaskSpec) -> None:
 
 def choices_of(spec: TaskSpec, doc: Mapping[str, Any]) -> list[str]:
     if isinstance(spec.choices, list):
-        choices = [str(c) for c in spec.choices]
+        choices = [render(spec, "choices", str(c), doc) for c in spec.choices]
     else:
         if spec.choices not in doc:
             raise DataError(
@@ -223,25 +226,30 @@ def answer_text(spec: TaskSpec, doc: Mapping[str, Any]) -> str:
 
 
 class FewShotSampler:
-    """lm-eval's ContextSampler: one Random(seed), k docs drawn per example in document order."""
+    """lm-eval's ContextSampler: one Random(seed), k docs drawn per example in document order
+    (or the first k of `fewshot_samples`, lm-eval's first_n)."""
 
     def __init__(self, spec: TaskSpec, pool: Sequence[Mapping[str, Any]], same_split: bool):
         self.spec = spec
-        self.pool = list(pool)
-        self.same_split = same_split
+        self.fixed = bool(spec.fewshot_samples)
+        self.pool = list(spec.fewshot_samples) if self.fixed else list(pool)
+        self.same_split = same_split and not self.fixed
         self.rnd = random.Random(spec.fewshot_seed)
         k = spec.num_fewshot
-        available = len(self.pool) - (1 if same_split else 0)
+        available = len(self.pool) - (1 if self.same_split else 0)
         if k > available:
+            split = "fewshot_samples" if self.fixed else (spec.fewshot_file or spec.eval_file)
             raise DataError(
-                f"{spec.where('num_fewshot')} asks for {k} shots but the few-shot split "
-                f"({spec.fewshot_file or spec.eval_file}) holds {available}"
+                f"{spec.where('num_fewshot')} asks for {k} shots but the few-shot split ({split}) "
+                f"holds {available}"
             )
 
     def sample(self, doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         k = self.spec.num_fewshot
         if k == 0:
             return []
+        if self.fixed:
+            return self.pool[:k]
         if not self.same_split:
             return self.rnd.sample(self.pool, k)
         drawn = [d for d in self.rnd.sample(self.pool, k + 1) if d != doc][:k]

@@ -17,8 +17,6 @@ Input formats: classification reads GLUE TSV (`.tsv`), JSONL or CSV with `text` 
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -31,21 +29,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from plmkit import text2text as t2t
-from plmkit.data.readers import read_conll, read_glue_tsv, read_records, read_squad
 from plmkit.data.records import LabeledText, QAExample, TaggedTokens
 from plmkit.data.tasks import (
     IGNORE_INDEX,
-    QAFeature,
-    best_spans,
     collate,
     encode_classification,
     encode_qa,
     encode_tagging,
-    word_predictions,
 )
 from plmkit.errors import ConfigError
+from plmkit.evaluation.heldout import (  # the scoring `plmkit eval` runs on any saved checkpoint
+    evaluate_classification,
+    evaluate_qa,
+    evaluate_tagging,
+    forward,
+    read_classification,
+    read_qa,
+    read_tagging,
+)
 from plmkit.io import write_json, write_text
-from plmkit.metrics import accuracy, entity_scores, f1_binary, f1_macro, squad_scores
 from plmkit.models.heads import SequenceClassificationHead, SpanHead, TaskModel, TokenClassificationHead
 from plmkit.peft import PeftOptions
 from plmkit.training import StepOutput, TrainConfig, distributed, train
@@ -148,20 +150,6 @@ def span_head(backbone: nn.Module, num_labels: int, cfg: Config) -> nn.Module:
 # ---- model inputs and losses ---------------------------------------------------------------------------
 
 
-def _accepts_token_types(model: nn.Module) -> bool:
-    backbone = getattr(model, "backbone", model)
-    return "token_type_ids" in inspect.signature(backbone.forward).parameters
-
-
-def forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
-    """Run a TaskModel on a collated batch, giving token types to backbones that take them."""
-    inner = getattr(model, "module", model)  # DDP / compile wrappers
-    extra = {}
-    if "token_type_ids" in batch and _accepts_token_types(getattr(inner, "_orig_mod", inner)):
-        extra["token_type_ids"] = batch["token_type_ids"]
-    return model(batch["input_ids"], batch["attention_mask"], **extra)
-
-
 def classification_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
     logits = forward(model, batch)  # (B, C)
     loss_sum = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
@@ -192,25 +180,6 @@ def _limit(records: list, n: int) -> list:
     return records[:n] if n > 0 else records
 
 
-def read_classification(d: DataConfig, path: str, labels: Sequence[str] | None) -> list[LabeledText]:
-    if path.endswith((".tsv", ".tsv.gz")):
-        return read_glue_tsv(
-            path, d.text_column or "sentence", d.label_column, d.pair_column or None, labels=labels
-        )
-    columns = {"text": d.text_column or "text", "label": d.label_column}
-    if d.pair_column:
-        columns["text_pair"] = d.pair_column
-    return read_records(path, LabeledText, columns, labels=labels)
-
-
-def read_tagging(d: DataConfig, path: str, labels: Sequence[str] | None) -> list[TaggedTokens]:
-    return read_conll(path, labels=labels)
-
-
-def read_qa(d: DataConfig, path: str, labels: Sequence[str] | None) -> list[QAExample]:
-    return read_squad(path)
-
-
 def classification_labels(records: Sequence[LabeledText]) -> list[str]:
     return sorted({r.label for r in records})
 
@@ -235,89 +204,6 @@ def encode_ner(tokenizer: Any, records: Sequence, labels: Sequence[str], d: Data
 
 def encode_span(tokenizer: Any, records: Sequence, labels: Sequence[str], d: DataConfig) -> list[dict]:
     return [f.as_dict() for f in encode_qa(tokenizer, records, d.max_length, d.stride)]
-
-
-# ---- evaluation ----------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def _outputs(model: nn.Module, features: Sequence[dict], pad_id: int, batch_size: int) -> list[Any]:
-    """`(batch, output)` of every evaluation batch in order, on the CPU. Under torchrun rank r runs
-    batches r, r + W, ... and the outputs are gathered, so every rank returns the whole list."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    info = distributed.dist_info()
-    starts = list(range(0, len(features), batch_size))
-    mine = starts[info.rank :: info.world_size]
-    rounds = -(-len(starts) // info.world_size)
-    local = []
-    for r in range(rounds):
-        # FSDP2 gathers weights inside every forward, so a rank with no batch left runs a spare one
-        i = mine[r] if r < len(mine) else starts[-1]
-        batch = collate(features[i : i + batch_size], pad_id)
-        out = forward(model, {k: v.to(device) for k, v in batch.items()})
-        if r < len(mine):
-            local.append((i, batch, _to_cpu(out)))
-    model.train(was_training)
-    if info.world_size > 1:
-        local = sorted(part for shard in distributed.all_gather_object(local) for part in shard)  # type: ignore[union-attr]
-    return [(batch, out) for _, batch, out in local]
-
-
-def _to_cpu(out: Any) -> Any:
-    if isinstance(out, torch.Tensor):
-        return out.float().cpu()
-    if dataclasses.is_dataclass(out):
-        return replace(out, **{f.name: _to_cpu(getattr(out, f.name)) for f in dataclasses.fields(out)})
-    return out
-
-
-def evaluate_classification(
-    model: nn.Module, tokenizer: Any, records: Sequence[LabeledText], labels: Sequence[str], d: DataConfig
-) -> dict[str, float]:
-    features = encode_classification(tokenizer, records, labels, d.max_length)
-    predictions: list[int] = []
-    for _, logits in _outputs(model, features, tokenizer.pad_id or 0, d.eval_batch_size):
-        predictions += logits.argmax(-1).tolist()
-    gold = [f["labels"] for f in features]
-    scores = {"accuracy": accuracy(predictions, gold)}
-    if len(labels) == 2:
-        scores["f1"] = f1_binary(predictions, gold, positive=1)
-    else:
-        scores["f1_macro"] = f1_macro(predictions, gold, labels=list(range(len(labels))))
-    return scores
-
-
-def evaluate_tagging(
-    model: nn.Module, tokenizer: Any, records: Sequence[TaggedTokens], labels: Sequence[str], d: DataConfig
-) -> dict[str, float]:
-    features = encode_tagging(tokenizer, records, labels, d.max_length)
-    predicted_tags: list[list[str]] = []
-    k = 0
-    for _, logits in _outputs(model, features, tokenizer.pad_id or 0, d.eval_batch_size):
-        for row in logits.argmax(-1).tolist():
-            ids = word_predictions(row, features[k]["word_ids"], len(records[k].tokens))
-            predicted_tags.append([labels[i] for i in ids])
-            k += 1
-    scores = entity_scores(predicted_tags, [r.tags for r in records])
-    out = {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"]}
-    for type_, row in scores["per_type"].items():
-        out[f"f1_{type_}"] = row["f1"]
-    return out
-
-
-def evaluate_qa(
-    model: nn.Module, tokenizer: Any, records: Sequence[QAExample], labels: Sequence[str], d: DataConfig
-) -> dict[str, float]:
-    features: list[QAFeature] = encode_qa(tokenizer, records, d.max_length, d.stride)
-    starts: list[torch.Tensor] = []
-    ends: list[torch.Tensor] = []
-    for _, out in _outputs(model, [f.as_dict() for f in features], tokenizer.pad_id or 0, d.eval_batch_size):
-        starts += list(out.start_logits)
-        ends += list(out.end_logits)
-    predictions = best_spans(features, starts, ends, records, d.max_answer_length)
-    return squad_scores(predictions, {r.id: [a.text for a in r.answers] for r in records})
 
 
 # ---- the task table ------------------------------------------------------------------------------------
