@@ -315,13 +315,23 @@ def test_bad_settings_are_one_line_errors():
 def test_gsm8k_reference_solutions_earn_both_rewards(shared_data):
     """On the real GSM8K rows, each reference solution scores 1 under the answer and the format rewards, and a
     solution with its final number changed scores 0 for the answer."""
+    import json
+
     from plmkit.recipes.grpo import Config, read_problems
 
     path = shared_data / "gsm8k" / "train.jsonl"
+    template = "Question: {prompt}\\nAnswer:"  # as a shell passes it: a backslash and an n
     cfg = Config(
-        policy="unused", prompts=str(path), prompt_field="question", out_dir="unused", max_prompts=50
+        policy="unused",
+        prompts=str(path),
+        prompt_field="question",
+        out_dir="unused",
+        max_prompts=50,
+        template=template,
     )
     prompts, references = read_problems(cfg)
+    first = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+    assert prompts[0] == "Question: " + first["question"] + "\nAnswer:"
     solutions = [references[p] for p in prompts]
     assert answer_reward(references)(prompts, solutions) == [1.0] * 50
     assert format_reward(prompts, solutions) == [1.0] * 50

@@ -47,7 +47,7 @@ class Config:
     )
     prompt_field: str = field(default="prompt", metadata={"help": "the prompt's field (GSM8K: question)"})
     answer_field: str = field(default="answer", metadata={"help": "the reference answer's field"})
-    template: str = field(default="{prompt}", metadata={"help": "prompt text around {prompt}"})
+    template: str = field(default="{prompt}", metadata={"help": "text around {prompt} (\\n: a newline)"})
     rewards: list[str] = field(default_factory=lambda: ["answer"], metadata={"help": "of: answer, format"})
     reward_weights: list[float] = field(default_factory=list, metadata={"help": "one per reward (default 1)"})
     max_prompts: int = field(default=0, metadata={"help": "use the first N prompts (0: all)"})
@@ -87,7 +87,8 @@ def read_problems(cfg: Config) -> tuple[list[str], dict[str, str]]:
             raise DataError(f"{path}:{number}: expected a non-empty string field {cfg.prompt_field!r}")
         if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
             raise DataError(f"{path}:{number}: expected a reference answer in field {cfg.answer_field!r}")
-        text = cfg.template.replace("{prompt}", prompt)
+        # A shell passes "\n" through as two characters; in a template it can only mean a line break.
+        text = cfg.template.replace("\\n", "\n").replace("{prompt}", prompt)
         prompts.append(text)
         references[text] = str(answer)
         if cfg.max_prompts and len(prompts) >= cfg.max_prompts:
