@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 import seqeval.metrics
+from conftest import require_data
 from seqeval.metrics.sequence_labeling import get_entities as seqeval_entities
 
 from plmkit.data.readers import read_conll
@@ -21,10 +21,6 @@ from plmkit.metrics import (
     squad_f1,
     squad_scores,
 )
-
-DATA = Path(__file__).resolve().parents[1] / "shared" / "data"
-if not DATA.exists():
-    DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 
@@ -70,7 +66,7 @@ def test_entity_scores_equal_seqeval_on_random_sequences():
 
 
 def test_entity_scores_equal_seqeval_on_conll_dev_with_noise():
-    gold = [s.tags for s in read_conll(DATA / "conll2003" / "eng.testa")[:400]]
+    gold = [s.tags for s in read_conll(require_data("conll2003", "eng.testa"))[:400]]
     rng = random.Random(1)
     tags = sorted({t for s in gold for t in s})
     pred = [[rng.choice(tags) if rng.random() < 0.1 else t for t in s] for s in gold]

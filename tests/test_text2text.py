@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_data
 
 import plmkit
 from plmkit import text2text as t2t
@@ -31,13 +32,10 @@ from plmkit.metrics_text import bleu, exact_match, rouge_l
 from plmkit.models.t5 import T5Config, t5_lm
 from plmkit.recipes import finetune, pretrain
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-T5_TOKENIZER = DATA / "tokenizers" / "t5"
-
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
-    return Tokenizer.load(T5_TOKENIZER)
+    return Tokenizer.load(require_data("tokenizers", "t5"))
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -124,7 +122,7 @@ def test_metrics_are_sacrebleu_and_rouge_score() -> None:
 
 @pytest.mark.parametrize(("objective", "family"), [("span_corruption", "t5"), ("denoising", "bart")])
 def test_pretrain_objective_loss_goes_down(objective: str, family: str, tmp_path: Path) -> None:
-    text = (DATA / "tiny_shakespeare" / "input.txt").read_text()[:20000]
+    text = require_data("tiny_shakespeare", "input.txt").read_text()[:20000]
     (tmp_path / "shake.txt").write_text(text)
     cfg = parse(
         pretrain.Config,

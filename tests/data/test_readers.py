@@ -6,25 +6,22 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import require_data
 
 from plmkit.data.readers import read_conll, read_glue_tsv, read_records, read_squad
 from plmkit.data.records import LabeledText, PreferencePair, PromptCompletion, TaggedTokens
 from plmkit.errors import DataError
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.exists():  # the repository checked out as /work/main beside /work/shared
-    DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-
 
 def test_sst2_dev_reads_all_rows_with_binary_labels():
-    records = read_glue_tsv(DATA / "sst2" / "dev.tsv", labels=["0", "1"])
+    records = read_glue_tsv(require_data("sst2", "dev.tsv"), labels=["0", "1"])
     assert len(records) == 872
     assert records[0] == LabeledText("it 's a charming and often affecting journey .", "1")
     assert {r.label for r in records} == {"0", "1"}
 
 
 def test_conll2003_counts_match_the_source_card():
-    train = read_conll(DATA / "conll2003" / "eng.testa")
+    train = read_conll(require_data("conll2003", "eng.testa"))
     assert len(train) == 3250
     assert sum(len(s.tokens) for s in train) == 51362
     assert sum(t == "B-PER" for s in train for t in s.tags) == 1842
@@ -32,18 +29,18 @@ def test_conll2003_counts_match_the_source_card():
 
 
 def test_conll2003_first_sentence():
-    first = read_conll(DATA / "conll2003" / "eng.train")[0]
+    first = read_conll(require_data("conll2003", "eng.train"))[0]
     assert first.tokens[:3] == ["EU", "rejects", "German"]
     assert first.tags[:3] == ["B-ORG", "O", "B-MISC"]
 
 
 def test_wnut17_whitespace_only_lines_separate_sentences():
-    assert len(read_conll(DATA / "wnut17" / "wnut17train.conll")) == 3394
-    assert len(read_conll(DATA / "wnut17" / "emerging.dev.conll")) == 1009
+    assert len(read_conll(require_data("wnut17", "wnut17train.conll"))) == 3394
+    assert len(read_conll(require_data("wnut17", "emerging.dev.conll"))) == 1009
 
 
 def test_xquad_reads_every_question_and_checks_answers():
-    examples = read_squad(DATA / "xquad_en" / "xquad.en.json")
+    examples = read_squad(require_data("xquad_en", "xquad.en.json"))
     assert len(examples) == 1190
     assert len({e.title for e in examples}) == 48
     ex = examples[0]

@@ -7,23 +7,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_data
 
 from plmkit.data.batches import Batches
 from plmkit.data.store import PackedBatches, TokenStore, build_store, store_dtype
 from plmkit.data.tokenizer import CharTokenizer, Tokenizer
 from plmkit.errors import DataError, TokenizerError
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-
 
 @pytest.fixture(scope="module")
 def gpt2() -> Tokenizer:
-    return Tokenizer.load(DATA / "tokenizers" / "gpt2")
+    return Tokenizer.load(require_data("tokenizers", "gpt2"))
 
 
 @pytest.fixture(scope="module")
 def shakespeare(tmp_path_factory) -> Path:
-    text = (DATA / "tiny_shakespeare" / "input.txt").read_text(encoding="utf-8")[:40_000]
+    text = require_data("tiny_shakespeare", "input.txt").read_text(encoding="utf-8")[:40_000]
     path = tmp_path_factory.mktemp("text") / "shakespeare.txt"
     path.write_text(text, encoding="utf-8")
     return path

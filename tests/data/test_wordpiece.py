@@ -3,15 +3,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
+from conftest import require_data
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import models, trainers
 
 from plmkit.data.tokenizer import _set_bert, train_tokenizer
 from plmkit.data.wordpiece import learn_wordpiece_vocab
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # The corpus of the Hugging Face course's WordPiece chapter.
 COUNTS = {"hug": 10, "pug": 5, "pun": 12, "bun": 4, "hugs": 5}
@@ -34,7 +33,7 @@ def test_min_frequency_and_vocab_size_stop_the_merges():
 
 
 def test_same_vocabulary_as_the_tokenizers_trainer_where_no_tie_decides(tmp_path):
-    text = (DATA / "tinystories" / "tinystories_val.txt").read_text(encoding="utf-8")[:150_000]
+    text = require_data("tinystories", "tinystories_val.txt").read_text(encoding="utf-8")[:150_000]
     corpus = tmp_path / "stories.txt"
     corpus.write_text(text, encoding="utf-8")
     ours = train_tokenizer([corpus], kind="wordpiece", vocab_size=500, lowercase=True)
@@ -64,8 +63,8 @@ print(tok.fingerprint(), tok.encode("Once upon a time there was a shiny kestrel.
 
 def test_identical_ids_in_every_process(tmp_path):
     corpus = tmp_path / "stories.txt"
-    corpus.write_text((DATA / "tinystories" / "tinystories_val.txt").read_text(encoding="utf-8")[:400_000],
-                      encoding="utf-8")
+    text = require_data("tinystories", "tinystories_val.txt").read_text(encoding="utf-8")[:400_000]
+    corpus.write_text(text, encoding="utf-8")
     runs = set()
     for hash_seed in ("1", "2", "3"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}

@@ -1,8 +1,8 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_data
 
 import plmkit
 from plmkit.data.tokenizer import train_tokenizer
@@ -21,7 +21,6 @@ from plmkit.prompting import (
 )
 from plmkit.world import World, make_task
 
-GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k"
 TEMPLATE = "Review: {sentence}\nSentiment:{label}"
 
 
@@ -72,7 +71,7 @@ def test_extract_answer_formats():
 
 
 def test_extract_answer_reads_every_gsm8k_answer():
-    lines = (GSM8K / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = require_data("gsm8k", "test.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1319
     for line in lines:
         record = json.loads(line)
