@@ -466,6 +466,28 @@ def test_cli_reports_a_bad_principles_file_on_one_line(tmp_path, model_dir, caps
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_a_prompt_beyond_the_context_window_is_named(tiny_gpt2, gpt2_tokenizer, constitution):
+    prompts = ["Hi?", "How? " * 1100]
+    with pytest.raises(DataError, match=r"^prompt 1: \d+ tokens \+ 5 new exceed the model's context of 1024"):
+        revise(
+            tiny_gpt2,
+            gpt2_tokenizer,
+            prompts,
+            constitution,
+            num_fewshot=0,
+            sampling=SamplingOptions(max_new_tokens=5, batch_size=1),
+        )
+    with pytest.raises(DataError, match=r"^critique prompt 0: .* use fewer few-shot examples"):
+        revise(
+            tiny_gpt2,
+            gpt2_tokenizer,
+            ["Hi?"],
+            constitution,
+            num_fewshot=5,
+            sampling=SamplingOptions(max_new_tokens=5),
+        )
+
+
 def test_a_feedback_tokenizer_without_the_option_tokens_is_refused(constitution):
     torch.manual_seed(0)
     tokenizer = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz ?."), {"eos": "|"})

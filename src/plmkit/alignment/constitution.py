@@ -420,12 +420,12 @@ def complete(
     out: list[str] = []
     eos = tokenizer.eos_id
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else eos
+    # All texts are checked before anything is generated, so a prompt that cannot fit fails at once.
+    encoded = _encode(tokenizer, texts, model, sampling.max_new_tokens, what)
     for start in range(0, len(texts), sampling.batch_size):
-        chunk = texts[start : start + sampling.batch_size]
-        ids = _encode(tokenizer, chunk, model, sampling.max_new_tokens, what)
         new = generate(
             model,
-            ids,
+            encoded[start : start + sampling.batch_size],
             max_new_tokens=sampling.max_new_tokens,
             do_sample=sampling.do_sample,
             temperature=sampling.temperature,
