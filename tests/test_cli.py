@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -131,6 +132,7 @@ def test_tokenizer_train_then_data_prepare_end_to_end(tmp_path, capsys):
     train = ["tokenizer", "train", f"--files={corpus}", f"--out_dir={tok_dir}"]
     assert cli.main([*train, "--vocab_size=300"]) == 0
     assert (tok_dir / "tokenizer.json").is_file()
+    capsys.readouterr()
     assert cli.main(train) == 2
     expected = f"error: {tok_dir / 'tokenizer.json'} already exists (set --overwrite to replace it)\n"
     assert capsys.readouterr().err == expected
@@ -143,3 +145,23 @@ def test_tokenizer_train_then_data_prepare_end_to_end(tmp_path, capsys):
     config.write_text("inputz: [a.txt]\n")
     assert cli.main(["data", "prepare", "--config", str(config)]) == 2
     assert capsys.readouterr().err == f"error: unknown key 'inputz' in {config} (did you mean 'inputs'?)\n"
+
+
+def test_tokenizer_train_says_why_the_vocabulary_came_out_smaller(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat\n\nthe dog sat on the log\n\n" * 20)
+    assert cli.main(["tokenizer", "train", f"--files={corpus}", f"--out_dir={tmp_path / 'tok'}",
+                     "--vocab_size=8000"]) == 0
+    captured = capsys.readouterr()
+    got = json.loads(captured.out)["vocab_size"]
+    assert got < 8000
+    assert captured.err == (f"note: asked for 8000 tokens, got {got}: training stops when no pair of tokens "
+                            "occurs at least --min_frequency=2 times; more text (or a lower --min_frequency) "
+                            "gives more\n")
+
+
+def test_unknown_command_hint_only_for_near_misses(capsys):
+    assert cli.main(["generat"]) == 2
+    assert "did you mean 'generate'?" in capsys.readouterr().err
+    assert cli.main(["optim"]) == 2  # no command is near: no guess
+    assert capsys.readouterr().err == "error: unknown command 'optim'; `plmkit --help` lists them\n"

@@ -88,7 +88,8 @@ def test_mix_follows_the_rates() -> None:
 def test_too_long_source_truncates_with_warning_or_fails(tokenizer: Tokenizer) -> None:
     ex = [Text2TextExample("summarize: " + "word " * 50, "short")]
     with pytest.warns(
-        UserWarning, match=r"^examples: 1 sources truncated to 15 tokens \(first examples\[0\] from \d+\)$"
+        UserWarning, match=r"^examples: 1 of 1 sources were longer than 15 tokens and were cut to that "
+                           r"\(the first is example 0, \d+ tokens\)$"
     ):
         (f,) = encode_examples(tokenizer, ex, 16, 8)
     assert len(f["input_ids"]) == 16 and f["input_ids"][-1] == tokenizer.eos_id

@@ -243,7 +243,7 @@ def encode_examples(
         raise ConfigError(f"overflow {overflow!r} is not one of {', '.join(OVERFLOW)}")
     eos = getattr(tokenizer, "eos_id", None)
     tail = [] if eos is None else [eos]
-    cut: dict[str, list[str]] = {"source": [], "target": []}
+    cut: dict[str, list[tuple[int, int]]] = {"source": [], "target": []}  # (example, its tokens)
     out = []
     for i, ex in enumerate(examples):
         pair = []
@@ -258,17 +258,16 @@ def encode_examples(
                     raise DataError(
                         f"{where}[{i}]: {what} has {len(ids)} tokens, more than the allowed {room}"
                     )
-                if not cut[what]:
-                    cut[what].append(f"first {where}[{i}] from {len(ids)}")
-                cut[what].append("")
+                cut[what].append((i, len(ids)))
                 ids = ids[:room]
             pair.append(ids + tail)
         out.append({"input_ids": pair[0], "labels": pair[1]})
     for what, limit in (("source", max_source_length), ("target", max_target_length)):
         if cut[what]:
+            first, n = cut[what][0]
             warnings.warn(
-                f"{where}: {len(cut[what]) - 1} {what}s truncated to {limit - len(tail)} tokens "
-                f"({cut[what][0]})",
+                f"{where}: {len(cut[what])} of {len(examples)} {what}s were longer than {limit - len(tail)} "
+                f"tokens and were cut to that (the first is example {first}, {n} tokens)",
                 stacklevel=2,
             )
     return out

@@ -171,6 +171,10 @@ def export_to_hf(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
         "initializer_range": cfg.init_std,
         "tie_word_embeddings": cfg.tie_embeddings,
         "torch_dtype": "float32",
+        # transformers' defaults (50256, GPT-2's <|endoftext|>) lie outside a smaller vocabulary; `save_hf`
+        # fills in the tokenizer's ids when it has them.
+        "bos_token_id": 50256 if cfg.vocab_size > 50256 else None,
+        "eos_token_id": 50256 if cfg.vocab_size > 50256 else None,
     }
     if is_scalar:
         hf.update(num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})

@@ -279,6 +279,10 @@ def save_hf(
     path = Path(path)
     family = _family(getattr(model.config, "model_type", None), type(model).__name__)
     hf_config, state_dict = family.export_to_hf(model)
+    for role in ("bos", "eos"):  # the tokenizer's special ids, where the family left them open
+        key, token_id = f"{role}_token_id", getattr(tokenizer, f"{role}_id", None)
+        if key in hf_config and hf_config[key] is None and token_id is not None:
+            hf_config[key] = token_id
     state_dict = drop_tied(model, {k: v.detach().cpu().contiguous() for k, v in state_dict.items()})
     shards = shard(state_dict, parse_size(max_shard_size))
     with atomic_dir(path, replaces="config.json") as tmp_dir:

@@ -4,11 +4,13 @@
 
 `bpe` is GPT-2's byte-level BPE, `wordpiece` BERT's, `unigram` T5's SentencePiece model, `char` one id per
 character (nanoGPT's Shakespeare experiments). The output directory holds `tokenizer.json` and the
-configs transformers' `AutoTokenizer` reads (a `char_tokenizer.json` for `char`).
+configs transformers' `AutoTokenizer` reads (a `char_tokenizer.json` for `char`). A vocabulary smaller
+than `--vocab_size` (the text ran out of merges) is reported with the reason.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -55,9 +57,25 @@ def run(cfg: Config) -> dict:
             split=cfg.split,
         )
     tokenizer.save(cfg.out_dir)
+    note = smaller_vocab_note(cfg, tokenizer.vocab_size)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return {
         "out_dir": str(cfg.out_dir),
         "kind": cfg.kind,
         "vocab_size": tokenizer.vocab_size,
         "special_tokens": tokenizer.special_tokens,
+        **({"note": note} if note else {}),
     }
+
+
+def smaller_vocab_note(cfg: Config, got: int) -> str:
+    """Why the trained vocabulary has fewer tokens than asked ('' when it does not)."""
+    if cfg.kind == "char" or got >= cfg.vocab_size:
+        return ""
+    if cfg.kind == "unigram":
+        why = "the text holds no more pieces worth keeping; more text gives more"
+    else:
+        why = (f"training stops when no pair of tokens occurs at least --min_frequency={cfg.min_frequency} "
+               "times; more text (or a lower --min_frequency) gives more")
+    return f"asked for {cfg.vocab_size} tokens, got {got}: {why}"
