@@ -27,6 +27,7 @@ COMMANDS: Commands = {
     "distill": "plmkit.recipes.distill",
     "generate": "plmkit.recipes.generate",
     "eval": "plmkit.recipes.eval",
+    "predict": "plmkit.recipes.predict",
     "merge": "plmkit.recipes.merge",
     "world": "plmkit.recipes.world",
     "tour": "plmkit.recipes.tour",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -29,7 +29,9 @@ from plmkit.data.tasks import (
     encode_tagging,
     word_predictions,
 )
+from plmkit.errors import ConfigError
 from plmkit.metrics import accuracy, entity_scores, f1_binary, f1_macro, get_entities, squad_scores
+from plmkit.models.heads import SequenceClassificationHead, SpanHead, TokenClassificationHead
 
 # ---- model inputs ---------------------------------------------------------------------------------------
 
@@ -249,3 +251,81 @@ HELD_OUT_TASKS: dict[str, HeldOutTask] = {
     "qa": HeldOutTask(read_qa, evaluate_qa, predict_qa, False, max_length=384),
     "text2text": HeldOutTask(t2t.read_text2text, t2t.evaluate_text2text, predict_text2text, False),
 }
+
+
+# ---- a whole file, for `plmkit eval --task` / `plmkit predict --task` ------------------------------------
+
+
+@dataclass
+class HeldOutData:
+    """Which file to score and how to read it: the evaluation half of finetune's --data options."""
+
+    eval_file: str = field(
+        default="", metadata={"help": "file to score (TSV/JSONL/CSV, CoNLL or SQuAD JSON)"}
+    )
+    text_column: str = field(default="", metadata={"help": "text column ('': sentence for TSV, else text)"})
+    pair_column: str = field(default="", metadata={"help": "second-segment column for pair tasks ('': none)"})
+    label_column: str = field(default="label", metadata={"help": "label column of TSV/JSONL/CSV files"})
+    labels: list[str] = field(
+        default_factory=list, metadata={"help": "label set in id order ('': the checkpoint's id2label)"}
+    )
+    max_eval_examples: int = field(default=0, metadata={"help": "use the first N records (0: all)"})
+    max_length: int = field(
+        default=0, metadata={"help": "tokens per sequence, QA: per window (0: qa 384, others 128)"}
+    )
+    stride: int = field(
+        default=0, metadata={"help": "QA: context tokens shared by consecutive windows (0: max_length // 3)"}
+    )
+    max_answer_length: int = field(default=30, metadata={"help": "QA: longest answer span in tokens"})
+    eval_batch_size: int = field(default=64, metadata={"help": "examples per batch"})
+
+
+_HEADS = {
+    "classification": SequenceClassificationHead,
+    "ner": TokenClassificationHead,
+    "qa": SpanHead,
+}
+
+
+def checkpoint_labels(hf_config: dict, given: Sequence[str]) -> list[str]:
+    """The label names in id order: --data.labels, else the checkpoint's config.json id2label."""
+    if given:
+        return list(given)
+    id2label = hf_config.get("id2label") or {}
+    return [id2label[k] for k in sorted(id2label, key=int)]
+
+
+def prepare(
+    task_name: str, model: nn.Module, hf_config: dict, d: HeldOutData, where: str
+) -> tuple[HeldOutTask, list[str], HeldOutData, list]:
+    """Check the checkpoint fits the task, resolve labels and lengths, read the file."""
+    if task_name not in HELD_OUT_TASKS:
+        raise ConfigError(f"task {task_name!r} is not one of {', '.join(HELD_OUT_TASKS)}")
+    task = HELD_OUT_TASKS[task_name]
+    if not d.eval_file:
+        raise ConfigError("--data.eval_file is required: the file to score")
+    head = getattr(model, "head", None)
+    expected = _HEADS.get(task_name)
+    if expected is not None and not isinstance(head, expected):
+        raise ConfigError(
+            f"{where} has a {type(head).__name__ if head is not None else 'bare'} model, not the "
+            f"{expected.__name__} a {task_name} task needs"
+        )
+    labels = checkpoint_labels(hf_config, d.labels)
+    if task.needs_labels and not labels:
+        raise ConfigError(f"{where}: config.json has no id2label; give the label names with --data.labels")
+    if task.needs_labels and head is not None:
+        n = getattr(getattr(head, "classifier", None), "out_features", len(labels))
+        if n != len(labels):
+            raise ConfigError(f"{where}: the head predicts {n} labels but {len(labels)} names are given")
+    max_length = d.max_length
+    if max_length == 0:
+        max_length = task.max_length
+        positions = getattr(model.config, "max_positions", None)
+        if positions:
+            max_length = min(max_length, positions)
+    d = replace(d, max_length=max_length, stride=d.stride or max_length // 3)
+    records = task.read(d, d.eval_file, labels if task.needs_labels else None)
+    if d.max_eval_examples > 0:
+        records = records[: d.max_eval_examples]
+    return task, labels, d, records
