@@ -92,6 +92,20 @@ def _checkpoint(family: str, out: Path, data: Path) -> Path:
     return out
 
 
+_BUILT: dict[str, Path] = {}
+
+
+def _built(family: str, tmp_path_factory, data: Path) -> Path:
+    if family not in _BUILT:
+        _BUILT[family] = _checkpoint(family, tmp_path_factory.mktemp(family), data)
+    return _BUILT[family]
+
+
 @pytest.fixture(scope="session", params=["gpt2", "llama"])
 def checkpoint(request, tmp_path_factory, toy_data) -> Path:
-    return _checkpoint(request.param, tmp_path_factory.mktemp(request.param), toy_data)
+    return _built(request.param, tmp_path_factory, toy_data)
+
+
+@pytest.fixture(scope="session")
+def gpt2_checkpoint(tmp_path_factory, toy_data) -> Path:
+    return _built("gpt2", tmp_path_factory, toy_data)
