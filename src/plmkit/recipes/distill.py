@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from plmkit.errors import ConfigError
+from plmkit.evaluation.heldout import _accepts_token_types
+from plmkit.io import write_json, write_text
 from plmkit.models.heads import TaskModel
 from plmkit.objectives.distillation import (
     DistillationWeights,
@@ -33,8 +35,9 @@ from plmkit.objectives.distillation import (
     soft_target_loss,
 )
 from plmkit.objectives.mlm import IGNORE
-from plmkit.recipes.finetune import TASKS, _accepts_token_types, format_table
-from plmkit.training import StepOutput, TrainConfig, train
+from plmkit.recipes.finetune import TASKS, format_table
+from plmkit.training import StepOutput, TrainConfig, distributed, train
+from plmkit.training.runtime import DEVICE_HELP
 
 
 def _default_train() -> TrainConfig:
@@ -75,6 +78,7 @@ class Config:
         default="", metadata={"help": "where model/ and distill_report.json go ('': nowhere)"}
     )
     seed: int = field(default=0, metadata={"help": "seed of the data order"})
+    device: str = field(default="auto", metadata={"help": "where to train: " + DEVICE_HELP})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "task data"})
     train: TrainConfig = field(default_factory=_default_train, metadata={"help": "training loop"})
 
@@ -182,6 +186,9 @@ def run(cfg: Config) -> dict:
             raise ConfigError(f"--data.{key} is required")
     task = TASKS[cfg.task]
     weights = DistillationWeights(cfg.temperature, cfg.alpha_kl, cfg.beta_task, cfg.gamma_cos)
+    if cfg.train.fsdp:
+        raise ConfigError("--train.fsdp: distill shards no teacher yet; use DDP (the default under torchrun)")
+    info = distributed.init_distributed(cfg.device)  # joins torchrun's process group; no-op alone
     pretrained = load(cfg.teacher)
     teacher, tokenizer = pretrained.model, pretrained.require_tokenizer()
     if not isinstance(teacher, TaskModel):
@@ -197,11 +204,13 @@ def run(cfg: Config) -> dict:
     eval_records = task.read(d, d.eval_file, labels)
     eval_records = eval_records[: d.max_eval_examples] if d.max_eval_examples else eval_records
 
+    teacher.to(info.device)
     student = student_from_teacher(teacher, cfg.student_layers or None)
     teacher_scores = task.evaluate(teacher, tokenizer, eval_records, labels, d)
     features = task.encode(tokenizer, train_records, labels, d)
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    batches = ShuffledBatches(features, lambda xs: collate(xs, pad_id), d.batch_size, seed=cfg.seed)
+    batches = ShuffledBatches(features, lambda xs: collate(xs, pad_id), d.batch_size, seed=cfg.seed,
+                              rank=info.rank, world_size=info.world_size)
     start = time.perf_counter()
     result = train(Distiller(student, teacher), make_step(weights), batches, cfg.train, tokenizer=tokenizer)
     seconds = time.perf_counter() - start
@@ -221,7 +230,7 @@ def run(cfg: Config) -> dict:
         "final_loss": result.history[-1]["loss"],
         "train_seconds": seconds,
     }
-    if cfg.out_dir:
+    if cfg.out_dir and info.is_main:  # one writer: the other ranks wait at the barrier below
         out = Path(cfg.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         model_dir = save_hf(student, out / "model", tokenizer=tokenizer)
@@ -229,11 +238,10 @@ def run(cfg: Config) -> dict:
         config = json.loads(config_path.read_text(encoding="utf-8"))
         config["id2label"] = {str(i): label for i, label in enumerate(labels)}
         config["label2id"] = {label: i for i, label in enumerate(labels)}
-        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        (out / "distill_report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_json(config_path, config)
+        write_json(out / "distill_report.json", summary)
         table = {k: float(v) for k, v in summary.items() if k != "train_seconds"}
-        (out / "distill_report.txt").write_text(
-            format_table(f"distill {cfg.teacher}", table), encoding="utf-8"
-        )
+        write_text(out / "distill_report.txt", format_table(f"distill {cfg.teacher}", table))
         summary["model_dir"] = str(model_dir)
+    distributed.barrier()
     return summary
