@@ -39,6 +39,7 @@ CASES: dict[str, str] = {
     "gpt_train": "bench.gpt_speed:train_case",
     "gpt_generate": "bench.gpt_speed:generate_case",
     "training_loop": "bench.training_loop:loop_throughput",
+    "ppo_speed": "bench.ppo_speed:case",
 }
 
 

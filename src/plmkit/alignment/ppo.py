@@ -769,6 +769,7 @@ def train_ppo(
                 "response_length": float(mask.sum(-1).mean()),
                 "eos_fraction": float(batch.has_eos.float().mean()),
                 "lr": scheduler.get_last_lr()[0],
+                "tokens": float(batch.attention_mask.sum()),  # prompt + response tokens of the rollout
                 "tokens_per_s": float(batch.attention_mask.sum()) / (time.perf_counter() - t0),
             }
             if not all(math.isfinite(v) for v in row.values()):
