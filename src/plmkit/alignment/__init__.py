@@ -6,6 +6,7 @@ per-sequence log-probs), `sft`, `reward` (Bradley–Terry reward models), `dpo` 
 
 from __future__ import annotations
 
+from plmkit.alignment.best_of_n import BestOfN, best_of_n
 from plmkit.alignment.dpo import (
     PreferenceConfig,
     PreferenceMetrics,
@@ -19,6 +20,17 @@ from plmkit.alignment.dpo import (
     robust_dpo_loss,
 )
 from plmkit.alignment.logprobs import gather_logprobs, sequence_logprobs, token_logprobs
+from plmkit.alignment.ppo import (
+    PPOConfig,
+    gae,
+    kl_k1,
+    kl_k3,
+    policy_loss,
+    reward_model_fn,
+    train_ppo,
+    value_loss,
+    whiten,
+)
 from plmkit.alignment.records import (
     collate_preferences,
     collate_prompt_responses,
@@ -39,8 +51,11 @@ from plmkit.alignment.reward import (
 )
 
 __all__ = [
+    "BestOfN",
+    "PPOConfig",
     "PreferenceConfig",
     "PreferenceMetrics",
+    "best_of_n",
     "bradley_terry_loss",
     "collate_preferences",
     "collate_prompt_responses",
@@ -48,17 +63,22 @@ __all__ = [
     "encode_preferences",
     "encode_prompt_responses",
     "evaluate_pairs",
+    "gae",
     "gather_logprobs",
     "implicit_rewards",
     "ipo_loss",
+    "kl_k1",
+    "kl_k3",
     "pair_logprobs",
     "pairwise_accuracy",
+    "policy_loss",
     "preference_loss",
     "preference_metrics",
     "preference_step",
     "read_preferences",
     "read_prompt_responses",
     "reward_model",
+    "reward_model_fn",
     "reward_scores",
     "reward_step",
     "robust_dpo_loss",
@@ -66,4 +86,7 @@ __all__ = [
     "split_hh_transcript",
     "token_logprobs",
     "tokenize_prompt_response",
+    "train_ppo",
+    "value_loss",
+    "whiten",
 ]
