@@ -40,6 +40,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from plmkit.errors import ConfigError
 
@@ -108,16 +109,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
             h = hidden[start : start + rows]  # (C, D)
             y = labels[start : start + rows]  # (C,)
             z = _chunk_logits(h, w, bias)  # (C, V)
-            lse = torch.logsumexp(z, dim=-1)  # (C,)
             picked = z.gather(1, y[:, None]).squeeze(1)  # (C,)
+            mean = z.mean(dim=-1) if smoothing else None
+            # One exp pass serves both the loss and the gradient: z becomes exp(z - max) in place, then
+            # softmax in place, then ∂loss/∂z = softmax - (1 - ε) onehot - ε / V.
+            top = z.amax(dim=-1, keepdim=True)  # (C, 1)
+            total = z.sub_(top).exp_().sum(dim=-1)  # (C,)
+            lse = top.squeeze(1) + total.log()
             chunk_loss = lse - picked
             if smoothing:
-                chunk_loss = (1 - smoothing) * chunk_loss + smoothing * (lse - z.mean(dim=-1))
+                chunk_loss = (1 - smoothing) * chunk_loss + smoothing * (lse - mean)
             loss += chunk_loss.sum()
             if grad_hidden is None and grad_weight is None and grad_bias is None:
                 continue
-            # z becomes ∂loss/∂z in place: softmax - (1 - ε) onehot - ε / V.
-            g = z.sub_(lse[:, None]).exp_()
+            g = z.mul_(total.reciprocal()[:, None])
             if smoothing:
                 g.sub_(smoothing / vocab)
             g.scatter_add_(1, y[:, None], torch.full((y.shape[0], 1), smoothing - 1.0, device=g.device))
@@ -132,16 +137,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_bias += g.sum(0).float()
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.used = False
         return loss
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss: Tensor):  # noqa: ANN205 - autograd.Function signature
+        if ctx.used:
+            raise RuntimeError("linear_cross_entropy: a second backward through the same loss is not "
+                               "supported "
+                               "(its gradients were made in forward and are scaled in place)")
+        ctx.used = True
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         hd, wd, bd = ctx.dtypes
         scale = grad_loss.float()
-        out_h = None if grad_hidden is None else (grad_hidden * scale).to(hd)
-        out_w = None if grad_weight is None else (grad_weight * scale).to(wd)
-        out_b = None if grad_bias is None else (grad_bias * scale).to(bd)
+        # In place: no second (V, D) tensor for ∂W; the stored gradients serve this one backward.
+        out_h = None if grad_hidden is None else grad_hidden.mul_(scale).to(hd)
+        out_w = None if grad_weight is None else grad_weight.mul_(scale).to(wd)
+        out_b = None if grad_bias is None else grad_bias.mul_(scale).to(bd)
         return out_h, out_w, out_b, None, None, None
 
 
