@@ -1,23 +1,20 @@
 """Parity with lm-evaluation-harness 0.4 on the same checkpoints and the same local files.
 
 A tiny GPT-2 and a tiny Llama (trained a few steps, written with plmkit.save_hf) are scored by plmkit and
-by lm-eval's Hugging Face model class (`pretrained=DIR`, CPU) on a multiple-choice, a log-likelihood and
-a generate-until task. lm-eval reads the JSONL files through task YAMLs that plmkit writes from its own.
+by lm-eval's Hugging Face model class (`pretrained=DIR`, CPU) on a multiple-choice, a log-likelihood,
+a generate-until and a rolling-perplexity task. lm-eval reads the JSONL files through the task YAMLs that
+`lm_eval_config` writes from plmkit's task specs.
 """
 
 from __future__ import annotations
-
-import re
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 import plmkit
-from plmkit.evaluation import TaskSpec, parse_spec, run_task
-
-lm_eval = pytest.importorskip("lm_eval")
+from plmkit.evaluation import parse_spec, run_task
+from plmkit.evaluation.spec import lm_eval_config
 
 TASKS = {
     "toy_mc": {
@@ -38,39 +35,6 @@ TASKS = {
 }
 
 
-def jinja(template: str) -> str:
-    return re.sub(r"\{([^{}]+)\}", r"{{\1}}", template)
-
-
-def lm_eval_yaml(spec: TaskSpec, data: Path) -> dict:
-    """The lm-eval task YAML that asks the same questions as a plmkit task spec."""
-    files = {"test": str(data / spec.eval_file)}
-    if spec.fewshot_file:
-        files["train"] = str(data / spec.fewshot_file)
-    out = {
-        "task": spec.task,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": files},
-        "test_split": "test",
-        "fewshot_split": "train" if spec.fewshot_file else "test",
-        "output_type": "loglikelihood_rolling" if spec.kind == "perplexity" else spec.kind,
-        "doc_to_text": "" if spec.kind == "perplexity" else jinja(spec.prompt),
-        "doc_to_target": jinja(spec.prompt if spec.kind == "perplexity" else spec.target),
-        "target_delimiter": spec.target_delimiter,
-        "fewshot_delimiter": spec.fewshot_delimiter,
-        "num_fewshot": spec.num_fewshot,
-        "metric_list": [{"metric": m} for m in spec.metrics],
-    }
-    if spec.description:
-        out["description"] = spec.description
-    if spec.choices is not None:
-        out["doc_to_choice"] = spec.choices
-    if spec.kind == "generate_until":
-        g = spec.generation
-        out["generation_kwargs"] = {"until": g.until, "max_gen_toks": g.max_new_tokens, "do_sample": False}
-    return out
-
-
 @pytest.fixture(scope="module")
 def both(checkpoint, toy_data, tmp_path_factory):
     """(plmkit results, lm-eval results) of every task on one checkpoint."""
@@ -78,7 +42,7 @@ def both(checkpoint, toy_data, tmp_path_factory):
     specs = [parse_spec({"task": name, **raw}) for name, raw in TASKS.items()]
     yaml_dir = tmp_path_factory.mktemp("lm_eval_tasks")
     for spec in specs:
-        (yaml_dir / f"{spec.task}.yaml").write_text(yaml.safe_dump(lm_eval_yaml(spec, toy_data)))
+        (yaml_dir / f"{spec.task}.yaml").write_text(yaml.safe_dump(lm_eval_config(spec, toy_data)))
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 

@@ -268,3 +268,69 @@ def build_context(spec: TaskSpec, doc: Mapping[str, Any], shots: Sequence[Mappin
                      + (spec.fewshot_delimiter if answer != "" else ""))
     parts.append(render(spec, "prompt", spec.prompt, doc))
     return "".join(parts)
+
+
+# ---- the same task for lm-evaluation-harness ----------------------------------------------------------
+
+
+def _jinja(template: str) -> str:
+    return re.sub(r"\{([^{}]+)\}", r"{{\1}}", template)
+
+
+def lm_eval_config(spec: TaskSpec, data_dir: str | Path) -> dict[str, Any]:
+    """The lm-evaluation-harness 0.4 task YAML (as a dict) that asks the same questions over the same
+    local files, for side-by-side checks: `yaml.safe_dump` it into a folder given to lm-eval's
+    `TaskManager(include_path=...)`. Answer extractors, self-consistency and .txt corpora have no
+    one-to-one lm-eval form and are refused."""
+    if spec.extract or spec.generation.samples > 1:
+        raise ConfigError(
+            f"{spec.where('extract')}: answer extraction and sampling have no lm-eval equivalent"
+        )
+    root = Path(data_dir)
+    files = {"test": str(root / spec.eval_file)}
+    if spec.fewshot_file and spec.fewshot_file != spec.eval_file:
+        files["train"] = str(root / spec.fewshot_file)
+    suffix = Path(spec.eval_file).suffix
+    if suffix == ".txt":
+        raise ConfigError(f"{spec.where('eval_file')}: a .txt corpus has no lm-eval dataset form here")
+    kwargs: dict[str, Any] = {"data_files": files}
+    if suffix in (".tsv", ".csv"):
+        path = "csv"
+        if suffix == ".tsv":
+            kwargs["delimiter"] = "\t"
+    else:
+        path = "json"
+    perplexity = spec.kind == "perplexity"
+    out: dict[str, Any] = {
+        "task": spec.task,
+        "dataset_path": path,
+        "dataset_kwargs": kwargs,
+        "test_split": "test",
+        "fewshot_split": "train" if "train" in files else "test",
+        "output_type": "loglikelihood_rolling" if perplexity else spec.kind,
+        "doc_to_text": "" if perplexity else _jinja(spec.prompt),
+        "doc_to_target": _jinja(spec.prompt if perplexity else spec.target),
+        "target_delimiter": spec.target_delimiter,
+        "fewshot_delimiter": spec.fewshot_delimiter,
+        "num_fewshot": spec.num_fewshot,
+        "metric_list": [{"metric": m} for m in spec.metrics],
+    }
+    if spec.fewshot_samples:
+        out["fewshot_config"] = {"sampler": "first_n", "samples": spec.fewshot_samples}
+    if spec.description:
+        out["description"] = spec.description
+    if isinstance(spec.choices, str):
+        out["doc_to_choice"] = spec.choices
+    elif spec.choices is not None:
+        slots = [re.fullmatch(r"\{(\w+)\}", c) for c in spec.choices]
+        if all(slots):
+            out["doc_to_choice"] = "{{[" + ", ".join(m.group(1) for m in slots if m) + "]}}"
+        elif not any("{" in c for c in spec.choices):
+            out["doc_to_choice"] = list(spec.choices)
+        else:
+            raise ConfigError(f"{spec.where('choices')}: mixed literal and templated choices")
+    if spec.kind == "generate_until":
+        g = spec.generation
+        out["generation_kwargs"] = {"until": list(g.until), "do_sample": False,
+                                    "max_gen_toks": g.max_new_tokens or 256}
+    return out
