@@ -130,7 +130,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if grad_hidden is not None:
                 grad_hidden[start : start + rows] = g @ w
             if grad_weight is not None and w.dtype == torch.float32:
-                grad_weight.addmm_(g.t(), h)  # accumulates in place: no (V, D) temporary per chunk
+                # in place: no (V, D) temporary per chunk; under autocast h may be bf16 beside fp32 weights
+                grad_weight.addmm_(g.t(), h.to(w.dtype))
             elif grad_weight is not None:
                 grad_weight += (g.t() @ h).float()
             if grad_bias is not None:
