@@ -111,8 +111,8 @@ def hf_decoder(name: str) -> transformers.PreTrainedModel:
         for key, param in model.named_parameters():
             if "norm" in key or key.endswith("bias"):
                 param.normal_(0.0, 0.5)
-            elif "proj" in key or "lm_head" in key or "embed" in key:
-                param.mul_(6.0)
+            elif "proj" in key or "lm_head" in key or ("embed" in key and prefix != "Gemma2"):
+                param.mul_(6.0)  # Gemma 2 already scales its embeddings by √D
     return model.eval()
 
 

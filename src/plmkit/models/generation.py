@@ -237,6 +237,52 @@ def decoder_step(model: nn.Module, cache: KVCache) -> StepFn:
     return step
 
 
+def longrope_context(config: object) -> int | None:
+    """The pretraining context of a LongRoPE model (Phi-3), past which it rotates with its long factors."""
+    scaling = getattr(config, "rope_scaling", None)
+    if getattr(scaling, "rope_type", None) != "longrope":
+        return None
+    return scaling.original_max_positions or config.max_positions
+
+
+class LongRopeRestart:
+    """Decoding a LongRoPE model across its pretraining context, as transformers' Phi-3 does.
+
+    Up to the context the keys are rotated with the short factors, past it with the long ones, so keys
+    cached before the switch are stale: the step whose slots first pass the context rebuilds the cache
+    from every token so far, once; every other step is the plain cached step.
+    """
+
+    def __init__(
+        self, model: nn.Module, rows: int, max_length: int, dtype: torch.dtype, device: torch.device
+    ):
+        self.model, self.rows, self.max_length = model, rows, max_length
+        self.dtype, self.device = dtype, device
+        self.context = longrope_context(model.config)
+        self.ids = torch.zeros(rows, 0, dtype=torch.long, device=device)  # (R, L) everything so far
+        self.mask = torch.zeros(rows, 0, dtype=torch.long, device=device)
+        self.cache = self._new_cache()
+        self.restarted = False
+
+    def _new_cache(self) -> KVCache:
+        return KVCache.for_model(self.model.config, self.rows, self.max_length, self.dtype, self.device)
+
+    def step(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        new_mask = torch.ones_like(tokens) if mask is None else mask.long()
+        self.ids = torch.cat([self.ids, tokens], 1)
+        self.mask = torch.cat([self.mask, new_mask], 1)
+        past = self.ids.shape[1] - tokens.shape[1]
+        if not self.restarted and 0 < past <= self.context < self.ids.shape[1]:
+            self.restarted = True
+            self.cache = self._new_cache()
+            return decoder_step(self.model, self.cache)(self.ids, self.mask)
+        return decoder_step(self.model, self.cache)(tokens, mask)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.ids, self.mask = self.ids.index_select(0, rows), self.mask.index_select(0, rows)
+        self.cache.reorder(rows)
+
+
 class SlidingWindow:
     """Decoding past the context window as nanoGPT's sampler does: every token is predicted from at most
     the last `context` tokens of its row.
@@ -377,6 +423,9 @@ def generate(
         if slide:
             window = SlidingWindow(model, b * num_beams, context, dtype, device)
             step, reorder = window.step, window.reorder
+        elif longrope_context(config) is not None:
+            restart = LongRopeRestart(model, b * num_beams, t + max_new_tokens, dtype, device)
+            step, reorder = restart.step, restart.reorder
         else:
             cache = KVCache.for_model(config, b * num_beams, t + max_new_tokens, dtype, device)
             step, reorder = decoder_step(model, cache), cache.reorder
