@@ -7,7 +7,12 @@ window it keeps generating on the last window of tokens, as nanoGPT's sampler do
 makes that an error). An encoder-decoder (T5, BART) reads the prompt as its source and prints the
 generated target; encoder-only models (BERT and kin) are refused.
 
+With `--chat` each prompt is one user turn, rendered with the checkpoint's chat template (or the plain
+Human/Assistant format when it has none, see `plmkit.data.chat`) and an assistant turn opened; only the reply
+is printed, and generation also stops at the EOS ids of the checkpoint's generation_config.json.
+
     plmkit generate --model=runs/gpt/hf --prompt="ROMEO:" --max_new_tokens=200 --do_sample --top_k=40
+    plmkit generate --model=Qwen2.5-0.5B-Instruct --chat --system="Be brief." --prompt="Why is the sky blue?"
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class Config:
     sliding_window: bool = field(default=True, metadata={
         "help": "past the context window, predict from the last window of tokens (causal LMs)"})
     allow_pickle: bool = field(default=False, metadata={"help": "allow a pickle .bin checkpoint (runs code)"})
+    chat: bool = field(default=False, metadata={"help": "each prompt is a user turn of the chat template"})
+    system: str = field(default="", metadata={"help": "with --chat: a system message before the user turn"})
 
 
 class _Printer:
@@ -80,6 +87,24 @@ def _generate_seq2seq(cfg: Config, model: torch.nn.Module, tokenizer: object, so
     return {"text": texts}
 
 
+def _as_list(ids: object) -> list[int]:
+    return [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+
+
+def _chat_prompts(cfg: Config, tokenizer: object, texts: list[str]) -> list[str]:
+    """Each text as a user turn (after `--system`) in the checkpoint's chat template, the reply opened."""
+    from plmkit.data.chat import load_chat_template, render_chat
+
+    template = load_chat_template(cfg.model)
+    special = {}
+    for role in ("bos", "eos"):
+        token_id = getattr(tokenizer, f"{role}_id")
+        special[f"{role}_token"] = (tokenizer.id_to_token(token_id) or "") if token_id is not None else ""
+    system = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    turns = [[*system, {"role": "user", "content": text}] for text in texts]
+    return [render_chat(chat, template, add_generation_prompt=True, **special) for chat in turns]
+
+
 def run(cfg: Config) -> dict:
     from plmkit.interop.hf import load
     from plmkit.models.generation import generate, lm_kind
@@ -104,6 +129,10 @@ def run(cfg: Config) -> dict:
         texts_in = [cfg.prompt]
     if kind == "seq2seq":
         return _generate_seq2seq(cfg, loaded.model, tokenizer, texts_in)
+    eos_ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    if cfg.chat:
+        texts_in = _chat_prompts(cfg, tokenizer, texts_in)
+        eos_ids += [i for i in _as_list(loaded.generation_config.get("eos_token_id")) if i not in eos_ids]
     prompts = [tokenizer.encode(p, add_special_tokens=False) for p in texts_in]
     if any(not p for p in prompts):
         bos = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
@@ -111,13 +140,13 @@ def run(cfg: Config) -> dict:
             raise ConfigError("an empty --prompt needs a tokenizer with a BOS or EOS token to start from")
         prompts = [p or [bos] for p in prompts]
     stream = cfg.stream and len(prompts) == 1 and cfg.num_beams == 1
-    printer = _Printer(tokenizer, texts_in[0]) if stream else None
+    printer = _Printer(tokenizer, "" if cfg.chat else texts_in[0]) if stream else None
     try:
         new = generate(
             loaded.model, prompts, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
             repetition_penalty=cfg.repetition_penalty, num_beams=cfg.num_beams,
-            length_penalty=cfg.length_penalty, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
+            length_penalty=cfg.length_penalty, eos_token_id=eos_ids or None, pad_token_id=tokenizer.pad_id,
             stop_strings=cfg.stop, tokenizer=tokenizer, streamer=printer,
             generator=torch.Generator().manual_seed(cfg.seed), compile=cfg.compile,
             sliding_window=cfg.sliding_window,
@@ -131,7 +160,7 @@ def run(cfg: Config) -> dict:
     texts = []
     for prompt_text, row in zip(texts_in, new.tolist()):
         ids = [t for t in row if t != pad] if pad is not None else row
-        texts.append(prompt_text + tokenizer.decode(ids))
+        texts.append(("" if cfg.chat else prompt_text) + tokenizer.decode(ids))
     if stream:
         sys.stdout.write("\n")
     else:
