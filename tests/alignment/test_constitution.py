@@ -274,7 +274,8 @@ def test_revise_keeps_the_chain_and_draws_by_seed(tiny_gpt2, gpt2_tokenizer, con
         assert record["prompt"].startswith("\n\nHuman: ") and record["prompt"].endswith("\n\nAssistant:")
         assert len(record["revisions"]) == 2
         assert all(step["principle"] in names for step in record["revisions"])
-        assert record["response"] == " " + record["revisions"][-1]["revision"]
+        kept = [record["initial_response"]] + [step["revision"] for step in record["revisions"]]
+        assert record["response"] == " " + [text for text in kept if text.strip()][-1]
 
 
 # ------------------------------------------------------------------------------------------ the commands
@@ -464,6 +465,39 @@ def test_cli_reports_a_bad_principles_file_on_one_line(tmp_path, model_dir, caps
     assert status == 2 and "\n" not in err
     assert "principles.json" in err and "'edit_request'" in err
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_an_empty_revision_keeps_the_response_it_revises(constitution, gpt2_tokenizer):
+    tokenizer = gpt2_tokenizer
+
+    class StopAtOnce(torch.nn.Module):  # a causal LM that always predicts EOS
+        config = GPT2Config(
+            vocab_size=tokenizer.vocab_size, max_positions=4096, d_model=8, num_layers=1, num_heads=1
+        )
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask=None, cache=None, **_):
+            if cache is not None:
+                cache.begin(attention_mask, input_ids.shape[1])
+                cache.end(input_ids.shape[1])
+            logits = torch.zeros(*input_ids.shape, tokenizer.vocab_size)
+            logits[..., tokenizer.eos_id] = 10.0
+            return logits
+
+    records = revise(
+        StopAtOnce(),
+        tokenizer,
+        ["Hi?"],
+        constitution,
+        responses=["Hello."],
+        rounds=2,
+        sampling=SamplingOptions(max_new_tokens=3, do_sample=False),
+    )
+    assert [step["revision"] for step in records[0]["revisions"]] == ["", ""]
+    assert records[0]["response"] == " Hello."
 
 
 def test_a_prompt_beyond_the_context_window_is_named(tiny_gpt2, gpt2_tokenizer, constitution):

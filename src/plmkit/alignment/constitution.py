@@ -471,7 +471,8 @@ def revise(
     responses: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """SL-CAI: sample a response per prompt (unless `responses` are given), then `rounds` of critique and
-    revision under principles sampled with `random.Random(seed)`.
+    revision under principles sampled with `random.Random(seed)`. An empty revision keeps the response it
+    was asked to revise.
 
     Returns one record per prompt in the prompt/response format `plmkit sft` reads: {"prompt" (the HH
     transcript, ending in "Assistant:"), "response" (" " + the final revision, HH-RLHF's leading space),
@@ -525,7 +526,8 @@ def revise(
             chains[i].append(
                 RevisionStep(principle.name, request, critiques[i], principle.revision_request, revisions[i])
             )
-        current = revisions
+        # An empty revision (the model stopped at once) revises nothing: the response it was given stands.
+        current = [revision if revision.strip() else before for revision, before in zip(revisions, current)]
     return [
         {
             "prompt": as_transcript(prompt),
