@@ -20,8 +20,9 @@ and the three variants differ only in how ℓ is averaged over a batch of B resp
     dapo_loss     sum of all ℓ_t / number of response tokens in the batch           (DAPO, trl's "bnpo")
     dr_grpo_loss  sum of all ℓ_t / (B · max_new_tokens)                            (Dr. GRPO: no length bias)
 
-GRPO's per-response mean gives a long wrong answer a smaller per-token penalty than a short one, so
-responses drift longer; Dr. GRPO's constant normalizer removes that bias.
+GRPO's per-response mean gives a long wrong answer a smaller per-token penalty than a short one, which
+Liu et al. (sec. 3.1) find makes wrong responses grow longer; Dr. GRPO's constant normalizer removes
+that bias.
 
 Rewards are Python callables `reward_fn(prompts, responses) -> scores` (one float per response):
 `answer_reward` (the final answer, read with `plmkit.prompting.extract_answer`, equals the reference, as
