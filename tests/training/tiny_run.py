@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plmkit.data.batches import ShuffledBatches
+from plmkit.errors import DataError
 from plmkit.training import StepOutput, TrainConfig, TrainResult, checkpoint, distributed, train
 
 VOCAB = 32
@@ -143,13 +144,21 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--fsdp", action="store_true")
     parser.add_argument("--slow-write-step", type=int, default=0)
     parser.add_argument("--step-delay", type=float, default=0.0)
+    parser.add_argument("--fail-rank", type=int, default=-1, help="this rank raises at --fail-step")
+    parser.add_argument("--fail-step", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     distributed.init_distributed()
     if args.slow_write_step:
         _slow_down_writes(args.slow_write_step, 30.0)
 
+    calls = 0
+
     def delayed(model: nn.Module, batch: dict[str, Tensor]) -> StepOutput:
+        nonlocal calls
+        calls += 1
+        if distributed.dist_info().rank == args.fail_rank and calls == args.fail_step * args.grad_accum:
+            raise DataError(f"bad batch on rank {args.fail_rank} at step {args.fail_step}")
         time.sleep(args.step_delay)  # slow enough for a test to kill the run between checkpoints
         return step_fn(model, batch)
 
@@ -161,7 +170,7 @@ def main(argv: list[str]) -> None:
         dropout=args.dropout,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
-        loss_fn=delayed if args.step_delay else step_fn,
+        loss_fn=delayed if args.step_delay or args.fail_rank >= 0 else step_fn,
         fsdp=args.fsdp,
     )
     distributed.cleanup()
