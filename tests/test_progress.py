@@ -44,3 +44,31 @@ def test_terminal_gets_tqdm_and_disabled_prints_nothing() -> None:
     quiet.update(3)
     quiet.close()
     assert out.getvalue() == ""
+
+
+def test_a_redirected_training_log_holds_plain_lines_and_no_bar_frames(tmp_path) -> None:
+    """What the tour's `... 2> log` sees: the training loop and the token store write whole lines only."""
+    import os
+    import subprocess
+    import sys
+
+    text = "\n\n".join(f"the cat sat on the mat number {i}. the dog ran far." for i in range(40))
+    (tmp_path / "train.txt").write_text(text)
+    command = [
+        sys.executable, "-m", "plmkit", "pretrain", f"--data.train_files={tmp_path / 'train.txt'}",
+        "--data.tokenizer=char", "--data.seq_len=16", "--data.batch_size=4", "--model.d_model=16",
+        "--model.num_layers=1", "--model.num_heads=2", "--model.max_positions=32", "--train.max_steps=40",
+        f"--train.out_dir={tmp_path / 'run'}", "--device=cpu",
+    ]  # fmt: skip
+    with open(tmp_path / "log", "wb") as log:
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=log, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    raw = (tmp_path / "log").read_bytes()
+    assert done.returncode == 0, raw.decode()[-2000:]
+    assert b"\r" not in raw and b"\x1b[" not in raw  # no carriage returns, no cursor movement
+    lines = raw.decode().splitlines()
+    steps = [line for line in lines if line.startswith("train | ")]
+    assert [s.split(" | ")[1] for s in steps] == [f"{2 * k}/40 step" for k in range(1, 21)]
+    assert "loss=" in steps[-1]
+    assert lines[0] == ("global batch = micro-batch 4 x accumulation 1 x ranks 1 = 4; "
+                        "one process on cpu, precision fp32")
