@@ -164,20 +164,24 @@ def _score_batch(
         real = cont_mask.bool().to(device)
         # Only the positions that predict a continuation token go through the LM head.
         cont_logps = _head(model, hidden[real]).float().log_softmax(-1)  # (N real, V)
-    out = []
-    offset = 0
-    for row, i, cont in members:
-        logps = [first[row]]
-        if len(cont) > 1:
-            assert cont_logps is not None
-            logps.append(cont_logps[offset : offset + len(cont) - 1])
-            offset += len(cont) - 1
-        table = torch.cat([x.reshape(-1, x.shape[-1]) for x in logps])  # (len(cont), V)
-        targets = torch.tensor(cont, device=table.device)
-        picked = table.gather(1, targets[:, None]).squeeze(1)
-        greedy = bool((table.argmax(-1) == targets).all())
-        out.append((i, Scored(float(picked.sum()), greedy)))
-    return out
+    # Every continuation token's log-probability and greedy check, gathered at once: token 0 reads its
+    # group's last context position, token j > 0 the continuation pass's position j - 1.
+    rows = torch.tensor([row for row, _, _ in members], device=device)
+    firsts = torch.tensor([cont[0] for _, _, cont in members], device=device)
+    first_lp = first[rows, firsts]  # (R,)
+    first_ok = first.argmax(-1)[rows] == firsts  # (R,)
+    if cont_logps is not None:
+        rest = torch.tensor([t for _, _, cont in members for t in cont[1:]], device=device)
+        rest_lp = cont_logps.gather(1, rest[:, None]).squeeze(1)  # (N real,)
+        rest_ok = cont_logps.argmax(-1) == rest
+        owner = torch.tensor([j for j, (_, _, cont) in enumerate(members) for _ in cont[1:]], device=device)
+        first_lp = first_lp.index_add(0, owner, rest_lp)
+        misses = torch.zeros(len(members), dtype=torch.long, device=device).index_add(
+            0, owner, (~rest_ok).long()
+        )
+        first_ok = first_ok & (misses == 0)
+    return [(i, Scored(float(lp), bool(ok))) for (_, i, _), lp, ok in zip(members, first_lp.tolist(),
+                                                                             first_ok.tolist())]
 
 
 def rolling_windows(
