@@ -100,6 +100,30 @@ def test_windowed_layers_keep_only_the_window() -> None:
     assert [k.shape[2] for k in cache.keys] == [WINDOW, WINDOW] and cache.ring_slots == {}
 
 
+@pytest.mark.parametrize("name", ["gemma2", "qwen3"])
+def test_inputs_embeds_equal_embedding_the_ids(name, pair) -> None:
+    """Gemma's √D scale lives inside `embed_tokens`, so prompt tuning's inputs_embeds see the same vectors."""
+    _, model = pair(name)
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.no_grad():
+        embeds = model.backbone.embed_tokens(ids)
+        torch.testing.assert_close(model(inputs_embeds=embeds), model(ids), atol=0, rtol=0)
+
+
+def test_a_cache_built_without_windows_still_applies_them(pair) -> None:
+    """A `KVCache` made by hand (every slot kept) masks the window instead of ringing it."""
+    _, model = pair("mistral")
+    ids, mask = left_pad([[3, 8, 1, 7, 7, 2, 9, 11, 30, 31], [6, 5, 4, 3, 2, 1]], 0)
+    cfg = model.config
+    cache = KVCache(cfg.num_layers, 2, cfg.num_kv_heads, cfg.head_dim, ids.shape[1])
+    with torch.no_grad():
+        steps = [model(ids[:, :3], mask[:, :3], cache=cache)]
+        steps += [model(ids[:, t : t + 1], mask[:, t : t + 1], cache=cache) for t in range(3, ids.shape[1])]
+        full = model(ids, mask)
+    real = mask.bool()
+    torch.testing.assert_close(torch.cat(steps, 1)[real], full[real], atol=TOL, rtol=0)
+
+
 @pytest.mark.parametrize("name", ["mistral", "gemma2"])
 def test_static_shape_decode_step_traces_once(name, pair) -> None:
     """The ring cache keeps every decode step one static shape: dynamo traces the step once and replays it.

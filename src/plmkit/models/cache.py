@@ -110,7 +110,12 @@ class KVCache:
         """The mask for layers with this window, after `begin` (the full mask if the window never bites)."""
         if window in self._window_masks:
             return self._window_masks[window]
-        return self._full_mask
+        if window >= self.max_length:
+            return self._full_mask
+        # A cache built without `windows` keeps every slot: the window is then a mask over all of them.
+        near = self._slots[None, :] > self._step_slots[:, None] - window  # (T, S)
+        own = self._slots[None, :] == self._step_slots[:, None]
+        return self._full_mask & (near | own)[None, None]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's k, v (B, Hkv, T, Dh) into the layer's buffers; return the keys and values to
