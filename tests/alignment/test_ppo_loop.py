@@ -238,6 +238,17 @@ def test_reward_model_with_another_tokenizer():
         train_ppo(tiny_gpt(), PROMPTS, rm, small_cfg(), tokenizer=tokenizer(), reward_tokenizer=other)
 
 
+def test_resume_needs_out_dir_and_a_used_out_dir_needs_resume(tmp_path):
+    with pytest.raises(ConfigError, match="PPOConfig.resume=True needs out_dir"):
+        train_ppo(tiny_gpt(), PROMPTS, fraction_of_a, small_cfg(resume=True), tokenizer=tokenizer())
+    first = small_cfg(steps=1, out_dir=str(tmp_path))
+    train_ppo(tiny_gpt(), PROMPTS, fraction_of_a, first, tokenizer=tokenizer())
+    with pytest.raises(ConfigError, match="already holds a run; set resume=True to continue it"):
+        train_ppo(tiny_gpt(), PROMPTS, fraction_of_a, small_cfg(steps=2, out_dir=str(tmp_path)),
+                  tokenizer=tokenizer())
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("step-")] == ["step-1"]  # nothing lost
+
+
 def test_bad_config_values():
     with pytest.raises(ConfigError, match=r"PPOConfig.minibatch_size=9: must be in \[1, batch_size\]"):
         PPOConfig(batch_size=8, minibatch_size=9)

@@ -55,6 +55,17 @@ def test_ppo_command_trains_and_writes_everything(tmp_path):
     assert (out / "step-2" / "manifest.json").is_file()
 
 
+def test_ppo_command_resumes_a_run(tmp_path):
+    policy, prompts = world_files(tmp_path)
+    out = tmp_path / "run"
+    argv = ["ppo", f"--policy={policy}", f"--prompts={prompts}", f"--out_dir={out}", *SMALL]
+    assert cli.main(argv) == 0
+    assert cli.main(argv + ["--ppo.steps=3", "--ppo.resume"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert cli.main(argv) == 2  # a used out_dir without --ppo.resume is refused
+
+
 def test_ppo_command_with_lora_saves_the_adapter(tmp_path):
     policy, prompts = world_files(tmp_path)
     out = tmp_path / "run"

@@ -534,7 +534,6 @@ class PPOConfig:
             ("value_clip", self.value_clip > 0, "must be > 0"),
             ("lr", self.lr > 0, "must be > 0"),
             ("schedule", self.schedule in ("linear", "cosine", "constant"), "must be linear/cosine/constant"),
-            ("resume", not (self.resume and not self.out_dir), "needs out_dir to find checkpoints in"),
         ]
         for key, ok, rule in checks:
             if not ok:
@@ -681,10 +680,17 @@ def train_ppo(
     prompt into the token ids the policy continues (default: the tokenizer's encoding with its special
     tokens, as `plmkit.alignment.records` encodes SFT prompts).
     """
-    from plmkit.training.checkpoint import find_latest, load_checkpoint, save_checkpoint
+    from plmkit.training.checkpoint import find_latest, load_checkpoint, save_checkpoint, step_dirs
     from plmkit.training.loop import _MetricsLog, step_generator
     from plmkit.training.optim import build_adamw, build_scheduler, default_param_groups
 
+    if cfg.resume and not cfg.out_dir:
+        raise ConfigError("PPOConfig.resume=True needs out_dir to find checkpoints in")
+    held = cfg.out_dir and (step_dirs(cfg.out_dir) or (Path(cfg.out_dir) / "metrics.jsonl").is_file())
+    if held and not cfg.resume:
+        raise ConfigError(
+            f"{cfg.out_dir}: already holds a run; set resume=True to continue it or choose another out_dir"
+        )
     eos_id = getattr(tokenizer, "eos_id", None)
     if eos_id is None:
         raise ConfigError("PPO needs a tokenizer with an EOS token (responses end and are scored there)")

@@ -137,7 +137,6 @@ def run(cfg: Config) -> dict[str, Any]:
             critic.cuda()
     ppo_cfg = copy.copy(cfg.ppo)
     ppo_cfg.out_dir = cfg.out_dir
-    ppo_cfg.__post_init__()
     result = train_ppo(
         policy, prompts, reward, ppo_cfg, tokenizer=tokenizer, critic=critic,
         reward_tokenizer=reward_tokenizer,
