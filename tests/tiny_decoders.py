@@ -61,6 +61,8 @@ FAMILIES: dict[str, tuple[str, dict]] = {
         ),
     ),
     "qwen2": ("Qwen2", dict(tie_word_embeddings=True)),
+    # Qwen's window applies from layer max_window_layers on, and only with use_sliding_window.
+    "qwen2-window": ("Qwen2", dict(use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1)),
     "qwen3": ("Qwen3", dict(head_dim=16)),
     "mistral": ("Mistral", dict(sliding_window=WINDOW)),
     "phi3": ("Phi3", dict(sliding_window=WINDOW, pad_token_id=0)),

@@ -75,7 +75,7 @@ def _disable(model, name: str) -> None:
     elif name == "qwen3":
         for block in layers:
             block.attn.q_norm = block.attn.k_norm = None
-    elif name in ("mistral", "phi3", "gemma2-untied"):
+    elif name in ("mistral", "phi3", "gemma2-untied", "qwen2-window"):
         cfg.sliding_window = None
         for block in layers:
             block.attn.window = None

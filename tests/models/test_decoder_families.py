@@ -66,7 +66,7 @@ def test_greedy_generation_matches_transformers_past_the_window(name, pair) -> N
     ref = hf.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=0)
     assert ours.tolist() == ref[:, ids.shape[1] :].tolist()
     if model.config.sliding_window is not None:  # past the window, the rows do not just repeat one token
-        assert len(set(ours.flatten().tolist())) > 6
+        assert len(set(ours.flatten().tolist())) > 4
 
 
 def test_windowed_layers_keep_only_the_window() -> None:
