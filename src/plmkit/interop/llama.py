@@ -86,12 +86,24 @@ def rope_from_hf(hf: dict) -> tuple[float, RopeScaling | None]:
         raise CheckpointError(f"config.json: rope_parameters: {e}") from None
 
 
-def rope_to_hf(cfg: LlamaConfig) -> dict:
+# The rope_parameters keys each type reads (transformers warns about any other).
+ROPE_TYPE_KEYS = {
+    "linear": ("factor",),
+    "dynamic": ("factor",),
+    "yarn": ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale",
+             "mscale_all_dim", "attention_factor", "truncate"),
+    "llama3": ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"),
+    "longrope": ("factor", "original_max_position_embeddings", "attention_factor", "short_factor",
+                 "long_factor"),
+}
+
+
+def rope_to_hf(cfg: LlamaConfig | Any) -> dict:
     params: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_base}
     if cfg.rope_scaling is not None:
-        params["rope_type"] = cfg.rope_scaling.rope_type
-        for theirs, ours in ROPE_KEYS.items():
-            value = getattr(cfg.rope_scaling, ours)
+        kind = params["rope_type"] = cfg.rope_scaling.rope_type
+        for theirs in ROPE_TYPE_KEYS[kind]:
+            value = getattr(cfg.rope_scaling, ROPE_KEYS[theirs])
             if value is not None:
                 params[theirs] = list(value) if isinstance(value, tuple) else value
     return params
