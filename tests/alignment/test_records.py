@@ -74,16 +74,18 @@ def test_read_prompt_responses_with_messages_and_a_chat_template(tmp_path):
     path = write(tmp_path / "s.jsonl", [
         {"prompt": "w1", "response": " w2"},
         {"prompt": "w1", "completion": " w3"},
+        {"prompt": "w1", "chosen": " w4", "rejected": " w5"},
         {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "q"},
                       {"role": "assistant", "content": "a"}]},
     ])
     records = read_prompt_responses(path)
-    assert records[:2] == [PromptCompletion("w1", " w2"), PromptCompletion("w1", " w3")]
-    assert records[2] == PromptCompletion("Be brief.\n\nHuman: q\n\nAssistant:", " a")
+    assert records[:3] == [PromptCompletion("w1", " w2"), PromptCompletion("w1", " w3"),
+                           PromptCompletion("w1", " w4")]
+    assert records[3] == PromptCompletion("Be brief.\n\nHuman: q\n\nAssistant:", " a")
     template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}" \
                "{% if add_generation_prompt %}<|assistant|>{% endif %}"
     templated = read_prompt_responses(path, template=template)
-    assert templated[2] == PromptCompletion("<|system|>Be brief.<|user|>q<|assistant|>", "a")
+    assert templated[3] == PromptCompletion("<|system|>Be brief.<|user|>q<|assistant|>", "a")
 
 
 def test_soft_label_field_keeps_the_generic_reader_working(tmp_path):

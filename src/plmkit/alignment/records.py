@@ -4,8 +4,8 @@ Files (JSON Lines, one object a line; `.gz` is read too):
 
 | kind        | fields                                                                                    |
 |-------------|-------------------------------------------------------------------------------------------|
-| SFT         | `prompt`, `response` (or `completion`); or `messages`: [{"role", "content"}, ...] whose   |
-|             | last message is the assistant's response and the rest the prompt                         |
+| SFT         | `prompt`, `response` (or `completion`, or a preference file's `chosen`); or `messages`:   |
+|             | [{"role", "content"}, ...] whose last message is the assistant's response                |
 | preferences | `prompt`, `chosen`, `rejected`, optional `p_chosen` (soft label, probability that        |
 |             | `chosen` is preferred); or Anthropic HH-RLHF's `chosen`/`rejected` transcripts alone,    |
 |             | split into the shared dialogue up to the last "\\n\\nAssistant:" and the two responses   |
@@ -103,9 +103,10 @@ def read_prompt_responses(
         if "messages" in row:
             records.append(_split_messages(row["messages"], where, template, render))
         elif "prompt" in row:
-            key = "response" if "response" in row else "completion"
-            if key not in row:
-                raise DataError(f"{where}: missing field 'response' (or 'completion')")
+            # A preference file trains SFT on its preferred responses (InstructGPT's demonstrations).
+            key = next((k for k in ("response", "completion", "chosen") if k in row), None)
+            if key is None:
+                raise DataError(f"{where}: missing field 'response' (or 'completion' or 'chosen')")
             records.append(PromptCompletion(_text(row, "prompt", where), _text(row, key, where)))
         else:
             raise DataError(f"{where}: expected 'prompt' and 'response', or 'messages'")
