@@ -256,6 +256,12 @@ def test_bad_config_values():
         PPOConfig(kl_estimator="k2")
 
 
+def test_a_policy_without_adapters_is_not_its_own_reference():
+    with pytest.raises(ConfigError, match="the policy has no adapters, so it cannot serve as its own"):
+        with reference_of(tiny_gpt(), None):
+            pass
+
+
 def test_policy_that_is_not_a_decoder_lm():
     with pytest.raises(ConfigError, match=r"PPO needs a plmkit decoder TaskModel\(backbone, LMHead\)"):
         ActorCritic(reward_model(tiny_gpt().backbone))

@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -257,16 +257,14 @@ class Rollout:
 
     def rows(self, index: Tensor) -> Rollout:
         """The rollout restricted to rows `index` (a minibatch)."""
-        def pick(x: Any) -> Any:
-            return x[index] if isinstance(x, Tensor) else x
-
         kept = index.tolist()
-        return Rollout(
-            [self.prompts[i] for i in kept], *(pick(getattr(self, k)) for k in (
-                "prompt_ids", "prompt_mask", "response_ids", "response_mask", "has_eos")),
-            [self.responses[i] for i in kept] if self.responses else [],
-            *(pick(getattr(self, k)) for k in ("scores", "logprobs", "ref_logprobs", "values")),
-        )
+        picked = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in picked.items():
+            if isinstance(value, Tensor):
+                picked[name] = value[index]
+        picked["prompts"] = [self.prompts[i] for i in kept]
+        picked["responses"] = [self.responses[i] for i in kept] if self.responses else []
+        return Rollout(**picked)
 
 
 def response_mask_from(response_ids: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
@@ -408,7 +406,7 @@ class ActorCritic(nn.Module):
 
     def __init__(self, policy: TaskModel, critic: TaskModel | None = None) -> None:
         super().__init__()
-        backbone, _ = _lm_parts(policy)
+        _lm_parts(policy)
         self.policy = policy
         self.critic = critic
         self.value_head: ScalarHead | None = None
@@ -449,9 +447,13 @@ def reference_of(policy: nn.Module, reference: nn.Module | None) -> Iterator[nn.
     """The frozen reference: `reference` when given, else the policy with its adapters disabled."""
     if reference is not None:
         yield reference
-    else:
-        with disable_adapters(policy) as base:
-            yield base
+        return
+    if not adapter_names(policy):
+        raise ConfigError(
+            "the policy has no adapters, so it cannot serve as its own reference: pass a reference model"
+        )
+    with disable_adapters(policy) as base:
+        yield base
 
 
 @torch.no_grad()
@@ -460,7 +462,7 @@ def response_logprobs(
 ) -> Tensor:
     """Log-probs (B, N) of the response tokens under `model` at the sampling temperature (Huang et al.
     detail 6: the logits are divided by the same temperature the sampler used)."""
-    backbone, head = _lm_parts(model)
+    _, head = _lm_parts(model)
     hidden = response_hidden(model, batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1])
     return gather_logprobs(head(hidden) / temperature, batch.response_ids)
 
