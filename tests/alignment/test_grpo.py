@@ -231,6 +231,15 @@ def test_grpo_raises_the_reward_of_a_simple_rule(loss_type):
     assert history[-1]["kl"] > 0.0
 
 
+def test_minibatches_and_epochs_take_one_step_each():
+    cfg = small_cfg(steps=2, minibatch_size=4, epochs=2, schedule="linear")
+    history = train_grpo(tiny_gpt(), PROMPTS, fraction_of_a, cfg, tokenizer=tokenizer()).history
+    # 16 responses in minibatches of 4, twice: 8 optimizer steps per GRPO step, 16 in all, linear to 0
+    assert abs(history[0]["lr"] - cfg.lr * (1 - 8 / 15)) < 1e-9
+    assert history[1]["lr"] == 0.0
+    assert all(r["grad_norm"] > 0 for r in history)
+
+
 def test_lora_policy_uses_its_base_as_reference():
     policy = apply_lora(tiny_gpt(), LoRAConfig(r=2, targets="q_proj,v_proj"))
     base = {k: v.clone() for k, v in policy.state_dict().items() if "base" in k}
