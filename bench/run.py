@@ -40,6 +40,7 @@ CASES: dict[str, str] = {
     "gpt_generate": "bench.gpt_speed:generate_case",
     "training_loop": "bench.training_loop:loop_throughput",
     "ppo_speed": "bench.ppo_speed:case",
+    "decoder_families": "bench.decoder_families:case",
 }
 
 
