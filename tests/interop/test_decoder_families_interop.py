@@ -247,3 +247,20 @@ def test_export_refuses_options_the_model_type_cannot_hold(saved, tmp_path) -> N
     ):
         save_hf(model, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["phi3-longrope", "qwen2-window", "gemma2", "llama-llama3"])
+def test_plmkit_training_checkpoint_layout_round_trips(name, saved, tmp_path) -> None:
+    """A plmkit checkpoint (config.json = the dataclass config) of every family loads back the same."""
+    from plmkit.interop.convert import drop_tied
+    from plmkit.training.checkpoint import model_description
+
+    _, path = saved(name)
+    model = load(path).model
+    (tmp_path / "config.json").write_text(json.dumps(model_description(model)))
+    save_file(drop_tied(model, dict(model.state_dict())), str(tmp_path / "model.safetensors"))
+    again = load(tmp_path).model
+    assert again.config == model.config
+    ids, _ = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids), model(ids), atol=0, rtol=0)
