@@ -106,3 +106,25 @@ def test_errors_name_the_problem(tmp_path):
     with pytest.raises(CheckpointError, match="refusing"):
         plmkit.save_quantized(plmkit.quantize(tiny_gpt()), tmp_path / "keep")
     assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"
+
+
+def test_generate_recipe_quantize_option_and_saved_export(tmp_path, capsys):
+    from plmkit import cli
+    from plmkit.data.tokenizer import CharTokenizer
+
+    tok = CharTokenizer(sorted(set("ROMEO: abcdefghijklmnopqrstuvwxyz\n")))
+    torch.manual_seed(0)
+    model = gpt2_lm(GPT2Config(vocab_size=tok.vocab_size, max_positions=32, d_model=16, num_layers=1,
+                               num_heads=2))
+    plmkit.save_hf(model, tmp_path / "hf", tokenizer=tok)
+    args = ["--prompt=ROMEO:", "--max_new_tokens=12", "--no-stream"]
+    assert cli.main(["generate", f"--model={tmp_path / 'hf'}", "--quantize=int8", *args]) == 0
+    from_option = capsys.readouterr().out
+    plmkit.save_quantized(plmkit.quantize(model, "int8"), tmp_path / "q", tokenizer=tok)
+    assert cli.main(["generate", f"--model={tmp_path / 'q'}", *args]) == 0
+    from_export = capsys.readouterr().out
+    assert cli.main(["generate", f"--model={tmp_path / 'q'}", "--quantize=int8", *args]) == 0
+    assert capsys.readouterr().out == from_export  # already int8: nothing more to do
+    assert "ROMEO:" in from_option and from_option == from_export  # same int8 weights, same greedy text
+    assert cli.main(["generate", f"--model={tmp_path / 'hf'}", "--quantize=int3", *args]) != 0
+    assert "int3" in capsys.readouterr().err

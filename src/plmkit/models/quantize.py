@@ -105,13 +105,14 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
     """Replace the model's linear layers by weight-only int8 ones, in place; returns the model (in eval mode).
+    An already quantized model is returned as it is.
 
     method: "int8" (per-output-channel symmetric, see the module docstring).
     """
     if method not in METHODS:
         raise ConfigError(f"quantization method {method!r} is not one of {', '.join(METHODS)}")
     names = linear_names(model)
-    if not names:
+    if not names and not any(isinstance(m, Int8Linear) for m in model.modules()):
         raise ConfigError(f"{type(model).__name__} has no linear layers to quantize")
     for name in names:
         _set_module(model, name, Int8Linear.from_linear(model.get_submodule(name)))

@@ -13,6 +13,10 @@ is printed, and generation also stops at the EOS ids of the checkpoint's generat
 
     plmkit generate --model=runs/gpt/hf --prompt="ROMEO:" --max_new_tokens=200 --do_sample --top_k=40
     plmkit generate --model=Qwen2.5-0.5B-Instruct --chat --system="Be brief." --prompt="Why is the sky blue?"
+    plmkit generate --model=runs/gpt/hf --quantize=int8 --prompt="ROMEO:"
+
+`--quantize=int8` decodes with int8 weight-only linear layers (`plmkit.quantize`); a directory written by
+`plmkit.save_quantized` loads as it was saved.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class Config:
     allow_pickle: bool = field(default=False, metadata={"help": "allow a pickle .bin checkpoint (runs code)"})
     chat: bool = field(default=False, metadata={"help": "each prompt is a user turn of the chat template"})
     system: str = field(default="", metadata={"help": "with --chat: a system message before the user turn"})
+    quantize: str = field(default="", metadata={
+        "help": "decode with quantized weights: int8 (weight-only, per output channel) or '' (as stored)"})
 
 
 class _Printer:
@@ -107,11 +113,16 @@ def _chat_prompts(cfg: Config, tokenizer: object, texts: list[str]) -> list[str]
 
 def run(cfg: Config) -> dict:
     from plmkit.interop.hf import load
+    from plmkit.interop.quantized import is_quantized_dir, load_quantized
     from plmkit.models.generation import generate, lm_kind
+    from plmkit.models.quantize import quantize
 
     if not cfg.model:
         raise ConfigError("--model is required: a checkpoint directory")
-    loaded = load(cfg.model, allow_pickle=cfg.allow_pickle)
+    if is_quantized_dir(cfg.model):  # a `plmkit.save_quantized` export
+        loaded = load_quantized(cfg.model)
+    else:
+        loaded = load(cfg.model, allow_pickle=cfg.allow_pickle)
     kind = lm_kind(loaded.model)
     if kind == "encoder":
         model_type = loaded.hf_config.get("model_type", type(loaded.model).__name__)
@@ -119,6 +130,8 @@ def run(cfg: Config) -> dict:
             f"{cfg.model}: a {model_type} model without a generating LM head cannot generate; "
             "generate needs a causal LM (GPT-2, Llama) or an encoder-decoder (T5, BART)"
         )
+    if cfg.quantize:
+        quantize(loaded.model, cfg.quantize)
     tokenizer = loaded.require_tokenizer()
     if cfg.prompts_file:
         try:
