@@ -216,3 +216,25 @@ def test_bad_configs_give_one_line_errors(build, message) -> None:
     with pytest.raises(ConfigError, match=message) as err:
         build()
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["qwen3", "gemma2"])
+def test_lora_exports_to_peft_on_the_new_families(name, pair, tmp_path) -> None:
+    import peft
+
+    from plmkit.interop.peft_format import export_peft_lora
+    from plmkit.peft import adapter_parameters
+
+    hf, base = pair(name)
+    hf.save_pretrained(tmp_path / "base")
+    model = apply_peft(hf_loaded_copy(base), "lora", LoRAConfig(targets="q_proj,v_proj,down_proj", r=2))
+    with torch.no_grad():
+        for p in adapter_parameters(model):
+            p.normal_(0, 0.2)
+    export_peft_lora(model, tmp_path / "adapter")
+    reference = type(hf).from_pretrained(tmp_path / "base").eval()
+    reference = peft.PeftModel.from_pretrained(reference, tmp_path / "adapter").eval()
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.no_grad():
+        torch.testing.assert_close(reference(input_ids=ids).logits, model(ids), atol=TOL, rtol=0)
+        assert not torch.allclose(base(ids), model(ids), atol=1e-3)

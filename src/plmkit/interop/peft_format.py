@@ -22,6 +22,7 @@ from torch import nn
 
 from plmkit.errors import CheckpointError, ConfigError
 from plmkit.interop import bert as bert_interop
+from plmkit.interop import gemma2 as gemma2_interop
 from plmkit.interop import gpt2 as gpt2_interop
 from plmkit.interop import llama as llama_interop
 from plmkit.io import atomic_dir
@@ -57,8 +58,9 @@ def hf_module(model: nn.Module, name: str) -> tuple[str, int | None, int]:
         else:
             mapped = _weight_to_module(gpt2_interop.KEY_MAP.to_hf(inner + ".weight"))
             path = None if mapped is None else root + mapped
-    elif model_type == "llama":
-        mapped = _weight_to_module(llama_interop.KEY_MAP.to_hf("backbone." + inner + ".weight"))
+    elif model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma2"):  # one layout (gemma2: its norms)
+        key_map = gemma2_interop.KEY_MAP if model_type == "gemma2" else llama_interop.KEY_MAP
+        mapped = _weight_to_module(key_map.to_hf("backbone." + inner + ".weight"))
         path = mapped if mapped is None or wrapped else mapped.removeprefix("model.")
     elif model_type in ("bert", "roberta"):
         mapped = _weight_to_module(bert_interop.BACKBONE_MAPS[model_type].to_hf(inner + ".weight"))
@@ -66,7 +68,8 @@ def hf_module(model: nn.Module, name: str) -> tuple[str, int | None, int]:
         path = mapped if mapped is None or not wrapped else base + mapped
     else:
         raise ConfigError(
-            f"peft format: model_type {model_type!r} is not supported (gpt2, llama, bert, roberta)"
+            f"peft format: model_type {model_type!r} is not supported "
+            "(gpt2, llama, mistral, qwen2, qwen3, gemma2, bert, roberta)"
         )
     if path is None:
         raise ConfigError(f"peft format: no transformers name for plmkit module {name!r}")
