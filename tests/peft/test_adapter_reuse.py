@@ -22,6 +22,8 @@ from plmkit.models.bert import BertConfig, BertModel
 from plmkit.peft import adapter_parameters, apply_peft, load_adapter, save_adapter
 from plmkit.recipes import finetune, merge
 
+torch.set_num_threads(1)  # tiny matmuls run faster on one thread than contending for the cores
+
 HF_CLASSES = {"classification": transformers.BertForSequenceClassification,
               "ner": transformers.BertForTokenClassification, "qa": transformers.BertForQuestionAnswering}
 PEFT = {"lora": ["--peft.targets=q_proj,v_proj"], "ia3": [], "adapters": ["--peft.reduction=4"],

@@ -14,6 +14,8 @@ from plmkit.models.gpt import GPT2Config, gpt2_lm
 from plmkit.models.llama import LlamaConfig, llama_lm
 from plmkit.peft import LoRAConfig, adapter_parameters, apply_peft
 
+torch.set_num_threads(1)  # tiny matmuls run faster on one thread than contending for the cores
+
 
 def tiny(family: str) -> torch.nn.Module:
     torch.manual_seed(0)

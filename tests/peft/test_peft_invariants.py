@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft_families import ENCODER_DECODERS, inputs, make, second_row_alone, second_row_outputs
+from peft_families import ENCODER_DECODERS, FACTORIES, inputs, make, second_row_alone, second_row_outputs
 
 from plmkit.peft import (
     BottleneckConfig,
@@ -26,6 +26,9 @@ from plmkit.peft import (
     unmerge_lora,
 )
 from plmkit.training.loop import enable_activation_checkpointing
+
+torch.set_num_threads(1)  # tiny matmuls run faster on one thread than contending for the cores
+FAMILIES = sorted(FACTORIES)
 
 # Methods whose adapter is the identity at initialization (zero-initialized B / up-projection, unit scales).
 IDENTITY_AT_INIT = {
@@ -61,6 +64,7 @@ def perturb(model: torch.nn.Module, seed: int = 3, size: float = 0.3) -> None:
 
 
 @pytest.mark.parametrize("variant", sorted(ALL))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_adapter_invariants(family: str, variant: str, tmp_path) -> None:
     """One model per family x method, checked in turn (building tiny models dominates the cost):
     identity at init, only adapter parameters train and all get gradients, disable_adapters gives the
@@ -107,6 +111,7 @@ def test_adapter_invariants(family: str, variant: str, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("variant", ["lora", "lora_all", "ia3"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_merged_equals_unmerged(family: str, variant: str) -> None:
     _, model = attach(family, variant)
     # A trained-sized update: a large random one on every layer of T5 (no attention scaling) would
@@ -124,6 +129,7 @@ def test_merged_equals_unmerged(family: str, variant: str) -> None:
     torch.testing.assert_close(merged(**x), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 def test_prefix_fold_keeps_outputs(family: str) -> None:
     _, model = attach(family, "prefix")
     x = inputs(family)
@@ -135,6 +141,7 @@ def test_prefix_fold_keeps_outputs(family: str) -> None:
 
 
 @pytest.mark.parametrize("variant", ["prompt", "prefix"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_virtual_tokens_respect_padding(family: str, variant: str) -> None:
     """Left padding must not change a row: the mask is extended and positions follow the real tokens."""
     _, model = attach(family, variant)
@@ -145,6 +152,7 @@ def test_virtual_tokens_respect_padding(family: str, variant: str) -> None:
     torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 def test_prompt_from_text_equals_typing_the_text(family: str) -> None:
     """A prompt initialized from a text's embeddings behaves like that text typed before the input."""
     base = make(family).requires_grad_(False)
