@@ -185,3 +185,14 @@ def test_sandbox_refuses_python_internals(template):
 def test_raise_exception_is_a_data_error():
     with pytest.raises(DataError, match="System role not supported"):
         render_chat(WITH_SYSTEM, GEMMA_TEMPLATE)
+
+
+def test_objects_reach_the_template_as_inert_placeholders(tmp_path):
+    target = tmp_path / "written.txt"
+    messages = [{"role": "user", "content": target}]
+    assert render_chat(messages, "{{ messages[0].content }}") == "<PosixPath>"
+    with pytest.raises(DataError, match="chat template"):
+        render_chat(messages, "{{ messages[0].content.write_text('x') }}")
+    with pytest.raises(DataError, match="chat template"):
+        render_chat([{"role": "user", "content": "hi"}], "{{ path.write_text('x') }}", path=target)
+    assert not target.exists()

@@ -89,6 +89,7 @@ def render_chat(
 
     compiled = _compile(template)
     variables = {"tools": None, "documents": None, "bos_token": bos_token, "eos_token": eos_token, **extra}
+    variables = {key: _plain(value) for key, value in variables.items()}
     try:
         return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)
     except jinja2.exceptions.SecurityError as err:
@@ -101,8 +102,29 @@ def render_chat(
 def _plain_message(message: Any, index: int) -> dict[str, Any]:
     if not isinstance(message, dict) or "role" not in message:
         raise DataError(f"chat message {index}: expected a dict with 'role' and 'content'")
-    # A fresh dict of plain values: the template sees data, never a caller's object with methods
-    return {str(key): value for key, value in message.items() if value is not None}
+    return {str(key): _plain(value) for key, value in message.items() if value is not None}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like data only: the sandbox still lets a template call an object's public methods (a Path's
+    write_text, say), so anything else becomes an inert "<TypeName>" placeholder, as in transformers."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, dict):
+        return {_plain(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_plain(item) for item in value)
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return f"<{type(value).__name__}>"
 
 
 def _render_human_assistant(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
