@@ -9,7 +9,7 @@ generated target; encoder-only models (BERT and kin) are refused.
 
 With `--chat` each prompt is one user turn, rendered with the checkpoint's chat template (or the plain
 Human/Assistant format when it has none, see `plmkit.data.chat`) and an assistant turn opened; only the reply
-is printed, and generation also stops at the EOS ids of the checkpoint's generation_config.json.
+is printed. Generation also stops at the EOS ids of the checkpoint's generation_config.json.
 
     plmkit generate --model=runs/gpt/hf --prompt="ROMEO:" --max_new_tokens=200 --do_sample --top_k=40
     plmkit generate --model=Qwen2.5-0.5B-Instruct --chat --system="Be brief." --prompt="Why is the sky blue?"
@@ -142,10 +142,11 @@ def run(cfg: Config) -> dict:
         texts_in = [cfg.prompt]
     if kind == "seq2seq":
         return _generate_seq2seq(cfg, loaded.model, tokenizer, texts_in)
+    # Instruct checkpoints end a turn with an id their generation_config.json lists beside the tokenizer's EOS
     eos_ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    eos_ids += [i for i in _as_list(loaded.generation_config.get("eos_token_id")) if i not in eos_ids]
     if cfg.chat:
         texts_in = _chat_prompts(cfg, tokenizer, texts_in)
-        eos_ids += [i for i in _as_list(loaded.generation_config.get("eos_token_id")) if i not in eos_ids]
     prompts = [tokenizer.encode(p, add_special_tokens=False) for p in texts_in]
     if any(not p for p in prompts):
         bos = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
