@@ -94,7 +94,7 @@ def _default_train() -> TrainConfig:
 
 @dataclass
 class Config:
-    task: str = field(default="classification", metadata={"help": "task: a key of finetune.TASKS"})
+    task: str = field(default="classification", metadata={"help": "task", "choices": lambda: TASKS})
     pretrained: str = field(
         default="", metadata={"help": "pretrained model directory (Hugging Face or plmkit)"}
     )
