@@ -361,7 +361,8 @@ def check_base(model: nn.Module, base: dict, where: str) -> None:
         raise ConfigError(f"{where}: these weights already have the adapter merged into them; apply it "
                           f"to its base ({base.get('path') or 'the model it was trained on'}) instead")
     raise ConfigError(f"{where}: the adapter was trained on other weights ({base.get('path') or 'unknown'}, "
-                      f"fingerprint {want[:12]}, these are {have[:12]})")
+                      f"fingerprint {want[:12]}, these are {have[:12]}; another dtype counts as other "
+                      "weights; check_base=False skips the check)")
 
 
 def read_adapter_meta(path: str | os.PathLike) -> dict:
