@@ -77,13 +77,15 @@ def _check(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None) 
 
 
 def _grad_buffers(
-    ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None  # noqa: ANN001 - autograd context
+    ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, zero_weight: bool = True  # noqa: ANN001
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """fp32 gradient accumulators for the inputs that need one (∂W and ∂b summed over chunks)."""
+    """fp32 gradient accumulators for the inputs that need one (∂W and ∂b summed over chunks); ∂W is left
+    uninitialized with `zero_weight=False` (the caller's first chunk writes it)."""
     needs = ctx.needs_input_grad
     f32 = dict(dtype=torch.float32, device=weight.device)
     grad_hidden = torch.empty(hidden.shape, **f32) if needs[0] else None
-    grad_weight = torch.zeros(weight.shape, **f32) if needs[1] else None
+    make = torch.zeros if zero_weight else torch.empty
+    grad_weight = make(weight.shape, **f32) if needs[1] else None
     grad_bias = torch.zeros(weight.shape[0], **f32) if bias is not None and needs[2] else None
     return grad_hidden, grad_weight, grad_bias
 
@@ -102,7 +104,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, smoothing: float, rows: int,
     ):
         n, vocab = hidden.shape[0], weight.shape[0]
-        grad_hidden, grad_weight, grad_bias = _grad_buffers(ctx, hidden, weight, bias)
+        written = n > 0 and weight.dtype == torch.float32  # the first chunk writes ∂W (see below)
+        grad_hidden, grad_weight, grad_bias = _grad_buffers(ctx, hidden, weight, bias, not written)
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         w = weight
         for start in range(0, n, rows):
@@ -130,8 +133,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if grad_hidden is not None:
                 grad_hidden[start : start + rows] = g @ w
             if grad_weight is not None and w.dtype == torch.float32:
-                # in place: no (V, D) temporary per chunk; under autocast h may be bf16 beside fp32 weights
-                grad_weight.addmm_(g.t(), h.to(w.dtype))
+                # in place: no (V, D) temporary per chunk; under autocast h may be bf16 beside fp32 weights.
+                # The first chunk writes ∂W instead of adding to zeros: one pass less over the (V, D) matrix.
+                if start == 0:
+                    torch.mm(g.t(), h.to(w.dtype), out=grad_weight)
+                else:
+                    grad_weight.addmm_(g.t(), h.to(w.dtype))
             elif grad_weight is not None:
                 grad_weight += (g.t() @ h).float()
             if grad_bias is not None:
