@@ -145,15 +145,16 @@ def test_ppo_raises_the_reward_of_a_simple_rule(shared):
 def test_k3_penalty_is_never_negative_and_missing_eos_is_penalized():
     """With a reward of 0 for everything, only the missing-EOS penalty moves the policy: towards stopping."""
     def eos_share(penalty: float) -> list[float]:
-        cfg = small_cfg(steps=4, kl_estimator="k3", missing_eos_penalty=penalty, max_new_tokens=2)
+        cfg = small_cfg(steps=6, batch_size=16, minibatch_size=8, kl_estimator="k3",
+                        missing_eos_penalty=penalty, max_new_tokens=2)
         zero = lambda p, r: [0.0] * len(r)  # noqa: E731
         history = train_ppo(tiny_gpt(), PROMPTS, zero, cfg, tokenizer=tokenizer()).history
         assert all(r["kl"] >= 0 for r in history)
         return [r["eos_fraction"] for r in history]
 
     penalized, free = eos_share(5.0), eos_share(0.0)
-    assert penalized[0] == free[0] < 0.5  # the same first rollout: 2 new tokens rarely end in EOS
-    assert penalized[-1] > free[-1] + 0.25, (penalized, free)
+    assert penalized[0] == free[0] <= 0.5  # the same first rollout: 2 new tokens often do not reach EOS
+    assert penalized[-1] > 0.8 and penalized[-1] > free[-1] + 0.5, (penalized, free)
 
 
 def test_history_and_jsonl_log(tmp_path):
