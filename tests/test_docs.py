@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, data_dir, require_data
 
 from plmkit import cli
 from plmkit.config import parse
 from plmkit.errors import ConfigError, PlmkitError
 
+REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
 MARKER = re.compile(r"<!--\s*(run|not-run):\s*(.*?)\s*-->\s*$")
@@ -178,17 +178,24 @@ def test_documented_command_parses(where: str, argv: list[str]) -> None:
 
 @pytest.fixture
 def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A stand-in for the repository root: `configs/` linked in and, beside it, `../shared/data` linked to
-    the shared data folder (when present), so the docs' relative paths mean what they mean in a clone."""
+    """A stand-in for the repository root, with `configs/` linked in (`with_data` adds `../shared/data`)."""
     root = tmp_path / "repo"
     root.mkdir()
     (root / "configs").symlink_to(REPO / "configs")
-    if data_dir().is_dir():
-        (tmp_path / "shared").mkdir()
-        (tmp_path / "shared" / "data").symlink_to(data_dir())
     monkeypatch.chdir(root)
     torch.set_num_threads(1)
     return root
+
+
+def with_data(scratch: Path, request: pytest.FixtureRequest) -> Path:
+    """Link `../shared/data` beside the scratch root to the shared data (the `shared_data` fixture: it skips
+    or fails as tests/conftest.py says when the data is absent), so the docs' paths work as in a clone."""
+    data = request.getfixturevalue("shared_data")
+    link = scratch.parent / "shared" / "data"
+    if not link.exists():
+        link.parent.mkdir(exist_ok=True)
+        link.symlink_to(data)
+    return data
 
 
 def _overrides(marker: str, data: Path | None) -> dict[str, list[str]]:
@@ -201,8 +208,12 @@ def _overrides(marker: str, data: Path | None) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("block", RUN, ids=[b.where for b in RUN])
-def test_marked_block_runs_end_to_end(block: Block, scratch: Path, capsys: pytest.CaptureFixture) -> None:
-    data = require_data() if "{data}" in block.marker[1] else None
+def test_marked_block_runs_end_to_end(block: Block, scratch: Path, capsys: pytest.CaptureFixture,
+                                      request: pytest.FixtureRequest) -> None:
+    configs = [REPO / c for c in re.findall(r"configs/[\w.-]+\.yaml", block.body)]
+    needs_data = "{data}" in block.marker[1] or any(
+        "../shared/data" in text for text in [block.body, *(c.read_text() for c in configs if c.is_file())])
+    data = with_data(scratch, request) if needs_data else None
     overrides = _overrides(block.marker[1], data)
     for argv in commands(block):
         command, _, _ = cli._resolve(argv)
@@ -215,7 +226,7 @@ PAGES = sorted({b.file for b in PYTHON})
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(REPO)) for p in PAGES])
-def test_python_snippets_run(page: Path, scratch: Path) -> None:
+def test_python_snippets_run(page: Path, scratch: Path, request: pytest.FixtureRequest) -> None:
     """A page's snippets run in order in one namespace, as a reader runs them."""
     namespace: dict = {}
     for block in (b for b in PYTHON if b.file == page):
@@ -223,7 +234,7 @@ def test_python_snippets_run(page: Path, scratch: Path) -> None:
             assert block.marker[1], f"{block.where}: say why the snippet does not run"
             continue
         if "../shared/data" in block.body:
-            require_data()
+            with_data(scratch, request)
         run_snippet(block, namespace)
 
 
