@@ -26,6 +26,7 @@ import torch
 
 from plmkit.errors import ConfigError, DataError
 from plmkit.evaluation.heldout import HeldOutData
+from plmkit.training.runtime import DEVICE_HELP
 
 CAUSAL_FAMILIES = ("gpt2", "llama")
 
@@ -53,6 +54,7 @@ class Config:
     seq_len: int = field(default=0, metadata={"help": "perplexity: tokens per window (0: the context)"})
     batch_size: int = field(default=8, metadata={"help": "windows or log-likelihood rows per forward pass"})
     allow_pickle: bool = field(default=False, metadata={"help": "allow a pickle .bin checkpoint (runs code)"})
+    device: str = field(default="auto", metadata={"help": "where to run the model: " + DEVICE_HELP})
 
 
 @torch.inference_mode()
@@ -73,7 +75,8 @@ def perplexity(model: torch.nn.Module, ids: list[int], seq_len: int, batch_size:
             inputs[row, : len(w) - 1] = w[:-1]
             labels[row, : len(w) - 1] = w[1:]
             mask[row, : len(w) - 1] = 1
-        loss_sum, n = causal_lm_loss(model(inputs, mask), labels)
+        device = next(model.parameters()).device
+        loss_sum, n = causal_lm_loss(model(inputs.to(device), mask.to(device)), labels.to(device))
         total += float(loss_sum)
         count += int(n)
     loss = total / count
@@ -84,8 +87,12 @@ def load_model(cfg: Config) -> Any:
     """The one place eval loads its checkpoint (a `plmkit.load` Pretrained). Options that change the
     loaded model before it is scored, such as quantization, belong here."""
     from plmkit.interop.hf import load
+    from plmkit.training.runtime import resolve_device
 
-    return load(cfg.model, allow_pickle=cfg.allow_pickle)
+    device = resolve_device(cfg.device)  # before loading: a bad --device fails before any work
+    pre = load(cfg.model, allow_pickle=cfg.allow_pickle)
+    pre.model.to(device)
+    return pre
 
 
 def data_root(cfg: Config) -> str:

@@ -31,6 +31,7 @@ from plmkit.alignment.grpo import GRPOConfig, answer_reward, format_reward
 from plmkit.alignment.ppo import RewardFn
 from plmkit.errors import ConfigError, DataError
 from plmkit.peft import PeftOptions
+from plmkit.training.runtime import DEVICE_HELP, resolve_device
 
 # The built-in rewards (`--rewards`): name -> builder of a reward_fn from the prompts' reference answers.
 REWARDS: dict[str, Callable[[dict[str, str]], RewardFn]] = {
@@ -54,6 +55,7 @@ class Config:
     peft: PeftOptions = field(default_factory=PeftOptions, metadata={"help": "train an adapter instead"})
     grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata={"help": "GRPO settings"})
     out_dir: str = field(default="", metadata={"help": "output directory (required)"})
+    device: str = field(default="auto", metadata={"help": "where to run the policy: " + DEVICE_HELP})
 
     def __post_init__(self) -> None:
         for key in ("policy", "prompts", "out_dir"):
@@ -99,8 +101,6 @@ def read_problems(cfg: Config) -> tuple[list[str], dict[str, str]]:
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    import torch
-
     from plmkit.alignment.grpo import combine_rewards, train_grpo
     from plmkit.interop.hf import load, save_hf
     from plmkit.io import atomic_file
@@ -115,8 +115,7 @@ def run(cfg: Config) -> dict[str, Any]:
         from plmkit.peft import apply_peft
 
         policy = apply_peft(policy, cfg.peft)
-    if torch.cuda.is_available():
-        policy.cuda()
+    policy.to(resolve_device(cfg.device))
     grpo_cfg = copy.copy(cfg.grpo)
     grpo_cfg.out_dir = cfg.out_dir
     grpo_cfg.__post_init__()

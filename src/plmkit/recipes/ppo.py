@@ -30,6 +30,7 @@ from typing import Any
 from plmkit.alignment.ppo import PPOConfig
 from plmkit.errors import ConfigError, DataError
 from plmkit.peft import PeftOptions
+from plmkit.training.runtime import DEVICE_HELP, resolve_device
 
 CRITICS = ("shared", "reward_model")
 
@@ -63,6 +64,7 @@ class Config:
     peft: PeftOptions = field(default_factory=PeftOptions, metadata={"help": "train an adapter instead"})
     ppo: PPOConfig = field(default_factory=PPOConfig, metadata={"help": "PPO settings"})
     out_dir: str = field(default="", metadata={"help": "output directory (required)"})
+    device: str = field(default="auto", metadata={"help": "where to run the models: " + DEVICE_HELP})
 
     def __post_init__(self) -> None:
         for key in ("policy", "prompts", "out_dir"):
@@ -129,12 +131,12 @@ def run(cfg: Config) -> dict[str, Any]:
         from plmkit.peft import apply_peft
 
         policy = apply_peft(policy, cfg.peft)
-    if torch.cuda.is_available():
-        policy.cuda()
-        if isinstance(reward, torch.nn.Module):
-            reward.cuda()
-        if critic is not None:
-            critic.cuda()
+    device = resolve_device(cfg.device)
+    policy.to(device)
+    if isinstance(reward, torch.nn.Module):
+        reward.to(device)
+    if critic is not None:
+        critic.to(device)
     ppo_cfg = copy.copy(cfg.ppo)
     ppo_cfg.out_dir = cfg.out_dir
     result = train_ppo(
