@@ -52,6 +52,8 @@ class Sizes:
 QUICK = Sizes(sft_steps=150, reward_steps=60, dpo_steps=60, ppo_steps=8, ppo_batch=16, eval_prompts=60,
               eval_every=4, best_of=(1, 4))
 MAX_NEW_TOKENS = 16
+PPO_LR, PPO_KL = 1e-4, 0.1
+DPO_BETA, DPO_LR = 0.1, 1e-4
 
 
 def fmt(question: str) -> str:
@@ -75,26 +77,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return run(sizes, args.seed, out)
 
 
-def run(sizes: Sizes, seed: int, out: Path) -> dict[str, Any]:
-    from plmkit.alignment.best_of_n import best_of_n, best_of_n_kl
-    from plmkit.alignment.dpo import PreferenceConfig, preference_step
-    from plmkit.alignment.ppo import PPOConfig, train_ppo
-    from plmkit.alignment.records import (
-        collate_preferences,
-        collate_prompt_responses,
-        encode_preferences,
-        encode_prompt_responses,
-    )
-    from plmkit.alignment.reward import encode_reward_pairs, evaluate_pairs, reward_model, reward_step
-    from plmkit.alignment.sft import sft_step
-    from plmkit.data.batches import ShuffledBatches
-    from plmkit.data.records import PreferencePair, PromptCompletion
-    from plmkit.data.tokenizer import train_tokenizer
-    from plmkit.models.gpt import GPT2Config, gpt2_lm
-    from plmkit.training import TrainConfig, train
-    from plmkit.world import World, judge, make_task
+@dataclass
+class Setup:
+    """The world's dialogue data in the layout every stage shares, and the tokenizer."""
 
-    t_start, cpu_start = time.perf_counter(), time.process_time()
+    seed: int
+    world: Any
+    tok: Any
+    pairs: list  # PreferencePair of the 2,000 training pairs
+    dev_pairs: list  # of the 300 dev pairs
+    train_prompts: list[str]
+    eval_prompts: list[str]
+    questions: dict[str, str]  # formatted prompt -> the bare question the judge reads
+
+    def judge(self, prompts: list[str], responses: list[str]) -> list[float]:
+        from plmkit.world import judge
+
+        return [judge(self.world, self.questions[p], r.strip()) for p, r in zip(prompts, responses)]
+
+    def train_cfg(self, steps: int, lr: float, **kw: Any) -> Any:
+        from plmkit.training import TrainConfig
+
+        return TrainConfig(max_steps=steps, lr=lr, warmup_steps=max(1, steps // 20), seed=self.seed,
+                           progress=False, log_every=max(1, steps // 10), weight_decay=0.0, **kw)
+
+
+def prepare(seed: int, out: Path, eval_prompts: int) -> Setup:
+    from plmkit.data.records import PreferencePair
+    from plmkit.data.tokenizer import train_tokenizer
+    from plmkit.world import World, make_task
+
     world = World(seed=seed)
     train_rows = make_task(world, "dialogue", "train")
     dev_rows = make_task(world, "dialogue", "dev")
@@ -103,107 +115,150 @@ def run(sizes: Sizes, seed: int, out: Path) -> dict[str, Any]:
         fmt(r["prompt"]) + " " + r[k] for r in train_rows for k in ("chosen", "rejected")
     ))
     tok = train_tokenizer([text_file], kind="bpe", vocab_size=400)
-    eos = tok.eos_id
-    questions = {fmt(r["prompt"]): r["prompt"] for r in train_rows + dev_rows}
-    pairs = [PreferencePair(fmt(r["prompt"]), " " + r["chosen"], " " + r["rejected"]) for r in train_rows]
-    dev_pairs = [PreferencePair(fmt(r["prompt"]), " " + r["chosen"], " " + r["rejected"]) for r in dev_rows]
-    eval_prompts = [fmt(r["prompt"]) for r in dev_rows[: sizes.eval_prompts]]
-    train_prompts = [fmt(r["prompt"]) for r in train_rows]
-    timings: dict[str, float] = {}
 
-    def judge_fn(prompts: list[str], responses: list[str]) -> list[float]:
-        return [judge(world, questions[p], r.strip()) for p, r in zip(prompts, responses)]
+    def pairs_of(rows: list[dict]) -> list:
+        return [PreferencePair(fmt(r["prompt"]), " " + r["chosen"], " " + r["rejected"]) for r in rows]
 
-    def train_cfg(steps: int, lr: float, **kw: Any) -> TrainConfig:
-        return TrainConfig(max_steps=steps, lr=lr, warmup_steps=max(1, steps // 20), seed=seed,
-                           progress=False, log_every=max(1, steps // 10), weight_decay=0.0, **kw)
+    return Setup(
+        seed, world, tok, pairs_of(train_rows), pairs_of(dev_rows),
+        [fmt(r["prompt"]) for r in train_rows], [fmt(r["prompt"]) for r in dev_rows[:eval_prompts]],
+        {fmt(r["prompt"]): r["prompt"] for r in train_rows + dev_rows},
+    )
 
-    # ---- SFT ------------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=tok.vocab_size, max_positions=64, d_model=64, num_layers=2, num_heads=4)
-    sft = gpt2_lm(config)
-    sft_rows = encode_prompt_responses(tok, [PromptCompletion(p.prompt, p.chosen) for p in pairs], 48)
-    batches = ShuffledBatches(sft_rows, partial(collate_prompt_responses, pad_id=eos), 32, seed)
-    sft_result = train(sft, sft_step, batches, train_cfg(sizes.sft_steps, 3e-3))
-    sft.eval().requires_grad_(False)
-    timings["sft"] = time.perf_counter() - t0
 
-    # ---- reward model -----------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    rm = reward_model(copy.deepcopy(sft).backbone)
-    rm.requires_grad_(True)
-    rm_rows = encode_reward_pairs(tok, pairs, 48, causal=True)
-    batches = ShuffledBatches(rm_rows, partial(collate_preferences, pad_id=eos), 32, seed)
-    train(rm, reward_step(), batches, train_cfg(sizes.reward_steps, 1e-3))
+def train_sft(s: Setup, steps: int) -> tuple[torch.nn.Module, float]:
+    """A GPT from scratch, supervised on the preferred responses; returns it and its last loss."""
+    from plmkit.alignment.records import collate_prompt_responses, encode_prompt_responses
+    from plmkit.alignment.sft import sft_step
+    from plmkit.data.batches import ShuffledBatches
+    from plmkit.data.records import PromptCompletion
+    from plmkit.models.gpt import GPT2Config, gpt2_lm
+    from plmkit.training import train
+
+    torch.manual_seed(s.seed)
+    sft = gpt2_lm(GPT2Config(vocab_size=s.tok.vocab_size, max_positions=64, d_model=64, num_layers=2,
+                             num_heads=4))
+    rows = encode_prompt_responses(s.tok, [PromptCompletion(p.prompt, p.chosen) for p in s.pairs], 48)
+    batches = ShuffledBatches(rows, partial(collate_prompt_responses, pad_id=s.tok.eos_id), 32, s.seed)
+    result = train(sft, sft_step, batches, s.train_cfg(steps, 3e-3))
+    return sft.eval().requires_grad_(False), result.history[-1]["loss"]
+
+
+def train_reward(s: Setup, sft: torch.nn.Module, steps: int) -> tuple[torch.nn.Module, float]:
+    """The SFT backbone with a scalar head, Bradley–Terry on the pairs; returns it and its dev accuracy."""
+    from plmkit.alignment.records import collate_preferences
+    from plmkit.alignment.reward import encode_reward_pairs, evaluate_pairs, reward_model, reward_step
+    from plmkit.data.batches import ShuffledBatches
+    from plmkit.training import train
+
+    rm = reward_model(copy.deepcopy(sft).backbone).requires_grad_(True)
+    rows = encode_reward_pairs(s.tok, s.pairs, 48, causal=True)
+    batches = ShuffledBatches(rows, partial(collate_preferences, pad_id=s.tok.eos_id), 32, s.seed)
+    train(rm, reward_step(), batches, s.train_cfg(steps, 1e-3))
     rm.eval().requires_grad_(False)
-    rm_dev = evaluate_pairs(rm, encode_reward_pairs(tok, dev_pairs, 48, causal=True), eos)
-    timings["reward"] = time.perf_counter() - t0
+    dev = evaluate_pairs(rm, encode_reward_pairs(s.tok, s.dev_pairs, 48, causal=True), s.tok.eos_id)
+    return rm, dev["accuracy"]
 
-    def measure(policy: torch.nn.Module, sample_seed: int) -> dict[str, float]:
-        """Judge score, KL to the SFT model and reward-model score of one sample per eval prompt."""
-        return judge_and_kl(policy, sft, eval_prompts, tok, judge_fn, rm, sample_seed)
 
-    results: dict[str, Any] = {"reward_model_dev_accuracy": rm_dev["accuracy"]}
-    results["sft"] = measure(sft, seed + 1)
+def run_best_of_n(s: Setup, sft: torch.nn.Module, rm: torch.nn.Module, ns: tuple[int, ...]) -> list[dict]:
+    from plmkit.alignment.best_of_n import best_of_n, best_of_n_kl
 
-    # ---- best-of-n --------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    bon = []
-    for n in sizes.best_of:
-        picked = best_of_n(sft, rm, eval_prompts, n, tokenizer=tok, max_new_tokens=MAX_NEW_TOKENS,
-                           generator=torch.Generator().manual_seed(seed + 2))
-        score = sum(judge_fn(eval_prompts, picked.responses)) / len(eval_prompts)
-        bon.append({"n": n, "judge": score, "kl": best_of_n_kl(n), "reward": float(picked.scores.mean())})
-    results["best_of_n"] = bon
-    timings["best_of_n"] = time.perf_counter() - t0
+    points = []
+    for n in ns:
+        picked = best_of_n(sft, rm, s.eval_prompts, n, tokenizer=s.tok, max_new_tokens=MAX_NEW_TOKENS,
+                           generator=torch.Generator().manual_seed(s.seed + 2))
+        scores = s.judge(s.eval_prompts, picked.responses)
+        points.append({"n": n, **judge_parts(scores), "kl": best_of_n_kl(n),
+                       "reward": float(picked.scores.mean()), "sample": picked.responses[:3]})
+    return points
 
-    # ---- PPO --------------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
+
+def run_ppo(s: Setup, sft: torch.nn.Module, rm: torch.nn.Module, sizes: Sizes, **overrides: Any):
+    """PPO from the SFT model against the reward model; the judge-vs-KL curve and the per-step log."""
+    from plmkit.alignment.ppo import PPOConfig, train_ppo
+
     policy = copy.deepcopy(sft).requires_grad_(True)
     critic = copy.deepcopy(rm).requires_grad_(True)  # InstructGPT: the value function starts as the RM
-    ppo_curve = [{"step": 0, **results["sft"]}]
-    ppo_log: list[dict[str, float]] = []
+    curve = [{"step": 0, **measure(s, sft, sft, rm, s.seed + 3)}]
+    log: list[dict[str, float]] = []
 
     def on_step(row: dict[str, float]) -> None:
-        ppo_log.append(row)
+        log.append(row)
         if row["step"] % sizes.eval_every == 0 or row["step"] == sizes.ppo_steps:
-            ppo_curve.append({"step": row["step"], **measure(policy, seed + 3)})
+            curve.append({"step": row["step"], **measure(s, policy, sft, rm, s.seed + 3)})
 
-    ppo_cfg = PPOConfig(
+    settings = dict(
         steps=sizes.ppo_steps, batch_size=sizes.ppo_batch, minibatch_size=sizes.ppo_batch // 2, epochs=4,
-        max_new_tokens=MAX_NEW_TOKENS, lr=3e-4, kl_coef=0.05, vf_coef=0.1, seed=seed, missing_eos_penalty=1.0,
+        max_new_tokens=MAX_NEW_TOKENS, lr=PPO_LR, kl_coef=PPO_KL, vf_coef=0.1, seed=s.seed,
+        missing_eos_penalty=1.0,
     )
-    train_ppo(policy, train_prompts, rm, ppo_cfg, tokenizer=tok, critic=critic, reference=sft, log=on_step)
-    results["ppo"] = ppo_curve[-1]
-    results["ppo_curve"] = ppo_curve
-    timings["ppo"] = time.perf_counter() - t0
+    cfg = PPOConfig(**{**settings, **overrides})
+    train_ppo(policy, s.train_prompts, rm, cfg, tokenizer=s.tok, critic=critic, reference=sft, log=on_step)
+    return curve, log, cfg
 
-    # ---- DPO --------------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    dpo_policy = copy.deepcopy(sft).requires_grad_(True)
-    dpo_rows = encode_preferences(tok, pairs, 48)
-    batches = ShuffledBatches(dpo_rows, partial(collate_preferences, pad_id=eos), 32, seed)
-    dpo_curve = [{"step": 0, **results["sft"]}]
-    dpo_every = sizes.eval_every * 5
 
-    def dpo_eval(model: torch.nn.Module) -> dict[str, float]:
-        point = {"step": len(dpo_curve) * dpo_every, **measure(model, seed + 3)}
-        dpo_curve.append(point)
+def run_dpo(s: Setup, sft: torch.nn.Module, rm: torch.nn.Module, sizes: Sizes, beta: float = DPO_BETA,
+            lr: float = DPO_LR) -> list[dict]:
+    """DPO (sigmoid loss) from the SFT model on the same pairs; the judge-vs-KL curve."""
+    from plmkit.alignment.dpo import PreferenceConfig, preference_step
+    from plmkit.alignment.records import collate_preferences, encode_preferences
+    from plmkit.data.batches import ShuffledBatches
+    from plmkit.training import train
+
+    policy = copy.deepcopy(sft).requires_grad_(True)
+    rows = encode_preferences(s.tok, s.pairs, 48)
+    batches = ShuffledBatches(rows, partial(collate_preferences, pad_id=s.tok.eos_id), 32, s.seed)
+    curve = [{"step": 0, **measure(s, sft, sft, rm, s.seed + 3)}]
+    every = sizes.eval_every * 5
+
+    def on_eval(model: torch.nn.Module) -> dict[str, float]:
+        point = {"step": len(curve) * every, **measure(s, model, sft, rm, s.seed + 3)}
+        curve.append(point)
         return {"judge": point["judge"], "kl": point["kl"]}
 
-    train(dpo_policy, preference_step(PreferenceConfig(beta=0.1), reference=sft), batches,
-          train_cfg(sizes.dpo_steps, 1e-3, eval_every=dpo_every), eval_fn=dpo_eval)
-    dpo_curve[-1]["step"] = sizes.dpo_steps  # the final eval runs at the end whatever eval_every says
-    results["dpo"] = dpo_curve[-1]
-    results["dpo_curve"] = dpo_curve
-    timings["dpo"] = time.perf_counter() - t0
+    train(policy, preference_step(PreferenceConfig(beta=beta), reference=sft), batches,
+          s.train_cfg(sizes.dpo_steps, lr, eval_every=every), eval_fn=on_eval)
+    curve[-1]["step"] = sizes.dpo_steps  # the last evaluation runs at the end whatever eval_every says
+    return curve
 
+
+def measure(s: Setup, policy: torch.nn.Module, sft: torch.nn.Module, rm: torch.nn.Module,
+            sample_seed: int) -> dict[str, Any]:
+    return judge_and_kl(policy, sft, s.eval_prompts, s.tok, s.judge, rm, sample_seed)
+
+
+def judge_parts(scores: list[float]) -> dict[str, float]:
+    """Mean judge score and its two parts: the share of correct answers (2 points) and of polite ones (1)."""
+    n = len(scores)
+    return {"judge": sum(scores) / n, "correct": sum(x >= 2 for x in scores) / n,
+            "polite": sum(int(x) % 2 == 1 for x in scores) / n}
+
+
+def run(sizes: Sizes, seed: int, out: Path) -> dict[str, Any]:
+    t_start, cpu_start = time.perf_counter(), time.process_time()
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn, *args, **kw):
+        t0 = time.perf_counter()
+        value = fn(*args, **kw)
+        timings[name] = time.perf_counter() - t0
+        return value
+
+    s = prepare(seed, out, sizes.eval_prompts)
+    sft, sft_loss = timed("sft", train_sft, s, sizes.sft_steps)
+    rm, rm_accuracy = timed("reward", train_reward, s, sft, sizes.reward_steps)
+    results: dict[str, Any] = {"reward_model_dev_accuracy": rm_accuracy, "sft_final_loss": sft_loss}
+    results["sft"] = measure(s, sft, sft, rm, seed + 1)
+    results["best_of_n"] = timed("best_of_n", run_best_of_n, s, sft, rm, sizes.best_of)
+    ppo_curve, ppo_log, ppo_cfg = timed("ppo", run_ppo, s, sft, rm, sizes)
+    results["ppo"], results["ppo_curve"], results["ppo_log"] = ppo_curve[-1], ppo_curve, ppo_log
+    results["ppo_config"] = {k: v for k, v in vars(ppo_cfg).items() if k != "betas"}
+    dpo_curve = timed("dpo", run_dpo, s, sft, rm, sizes)
+    results["dpo"], results["dpo_curve"] = dpo_curve[-1], dpo_curve
+    results["dpo_config"] = {"beta": DPO_BETA, "lr": DPO_LR}
     timings["total"] = time.perf_counter() - t_start
     results["timings_s"] = timings
     results["cpu_s"] = time.process_time() - cpu_start
-    results["sft_final_loss"] = sft_result.history[-1]["loss"]
-    results["ppo_log"] = ppo_log
     results["sizes"] = vars(sizes) | {"best_of": list(sizes.best_of)}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, out / "judge_vs_kl.png")
@@ -221,11 +276,12 @@ def judge_and_kl(policy, sft, prompts, tok, judge_fn, rm, sample_seed: int) -> d
     mask = batch.response_mask.float()
     kl = ((response_logprobs(policy, batch) - response_logprobs(sft, batch)) * mask).sum(-1)
     return {
-        "judge": sum(judge_fn(prompts, batch.responses)) / len(prompts),
+        **judge_parts(judge_fn(prompts, batch.responses)),
         "kl": float(kl.mean()),
         "reward": float(score_rollout(rm, batch, "eval").mean()),
         "length": float(mask.sum(-1).mean()),
         "eos": float(batch.has_eos.float().mean()),
+        "sample": batch.responses[:3],
     }
 
 
@@ -258,9 +314,10 @@ def print_table(results: dict[str, Any]) -> None:
     rows = [("SFT", results["sft"])] + [(f"best-of-{p['n']}", p) for p in results["best_of_n"]]
     rows += [("PPO", results["ppo"]), ("DPO", results["dpo"])]
     print(f"reward model dev accuracy: {results['reward_model_dev_accuracy']:.3f}")
-    print(f"{'policy':<12} {'judge':>6} {'KL':>6} {'RM score':>9}")
+    print(f"{'policy':<12} {'judge':>6} {'correct':>8} {'polite':>7} {'KL':>6} {'RM score':>9}")
     for name, r in rows:
-        print(f"{name:<12} {r['judge']:6.3f} {r['kl']:6.2f} {r.get('reward', float('nan')):9.3f}")
+        print(f"{name:<12} {r['judge']:6.3f} {r['correct']:8.3f} {r['polite']:7.3f} {r['kl']:6.2f} "
+              f"{r['reward']:9.3f}")
     print("wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["timings_s"].items()))
     print(f"CPU time (s, all threads): {results['cpu_s']:.0f}")
 
