@@ -36,6 +36,7 @@ from plmkit.models.layers import (
     merge_heads,
     padding_mask,
     prepend_prefix,
+    shift_right,
     split_heads,
 )
 from plmkit.models.seq2seq_generation import Seq2SeqCache
@@ -275,14 +276,6 @@ class BartModel(nn.Module):
         if encoder_hidden is None:
             encoder_hidden = self.encode(input_ids, attention_mask, inputs_embeds)
         return self.decode(decoder_input_ids, encoder_hidden, attention_mask, decoder_attention_mask, cache)
-
-
-def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
-    """Decoder inputs from labels (B, T): start token, then labels[:-1], with -100 replaced by pad."""
-    out = labels.new_full(labels.shape, pad_id)
-    out[:, 1:] = labels[:, :-1]
-    out[:, 0] = start_id
-    return out.masked_fill(out == -100, pad_id)
 
 
 def bart_lm(config: BartConfig) -> TaskModel:

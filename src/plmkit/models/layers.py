@@ -61,6 +61,17 @@ def repeat_kv(x: torch.Tensor, num_groups: int) -> torch.Tensor:
     return x[:, :, None].expand(b, hkv, num_groups, s, dh).reshape(b, hkv * num_groups, s, dh)
 
 
+def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
+    """Decoder inputs from labels (B, T): start token, then labels[:-1], with -100 replaced by pad.
+
+    The teacher-forcing input of every encoder-decoder (T5, BART): position t sees the target up to t-1.
+    """
+    out = labels.new_full(labels.shape, pad_id)
+    out[:, 1:] = labels[:, :-1]
+    out[:, 0] = start_id
+    return out.masked_fill(out == -100, pad_id)
+
+
 def prepend_prefix(
     prefix: Prefix | None,
     k: torch.Tensor,

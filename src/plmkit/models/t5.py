@@ -39,6 +39,7 @@ from plmkit.models.layers import (
     prepend_prefix,
     split_heads,
 )
+from plmkit.models.layers import shift_right as shift_right  # re-exported: plmkit.models.t5.shift_right
 from plmkit.models.seq2seq_generation import Seq2SeqCache
 
 FEED_FORWARDS = ("relu", "gated-gelu")
@@ -344,14 +345,6 @@ class T5Model(nn.Module):
         if encoder_hidden is None:
             encoder_hidden = self.encode(input_ids, attention_mask, inputs_embeds)
         return self.decode(decoder_input_ids, encoder_hidden, attention_mask, decoder_attention_mask, cache)
-
-
-def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
-    """Decoder inputs from labels (B, T): start token, then labels[:-1], with -100 replaced by pad."""
-    out = labels.new_full(labels.shape, pad_id)
-    out[:, 1:] = labels[:, :-1]
-    out[:, 0] = start_id
-    return out.masked_fill(out == -100, pad_id)
 
 
 def t5_lm(config: T5Config) -> TaskModel:

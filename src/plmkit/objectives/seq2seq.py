@@ -1,7 +1,7 @@
 """The encoder-decoder loss: cross-entropy of each target token given the source and the targets before it.
 
 Labels are the targets themselves (B, T) with -100 where there is no target (padding); the decoder
-inputs are the labels shifted right behind a start token (`plmkit.models.t5.shift_right`), so unlike
+inputs are the labels shifted right behind a start token (`plmkit.models.layers.shift_right`), so unlike
 causal LM no shift happens here.
 """
 
