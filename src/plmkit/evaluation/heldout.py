@@ -79,15 +79,16 @@ def read_qa(d: Any, path: str, labels: Sequence[str] | None) -> list[QAExample]:
 def _outputs(model: nn.Module, features: Sequence[dict], pad_id: int, batch_size: int) -> list[Any]:
     """`(batch, output)` of every evaluation batch in order, on the CPU. Under torchrun rank r runs
     batches r, r + W, ... and the outputs are gathered, so every rank returns the whole list."""
-    from plmkit.training import distributed
+    import torch.distributed as dist  # directly: evaluation sits below training in the import order
 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    info = distributed.dist_info()
+    grouped = dist.is_available() and dist.is_initialized()
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if grouped else (0, 1)
     starts = list(range(0, len(features), batch_size))
-    mine = starts[info.rank :: info.world_size]
-    rounds = -(-len(starts) // info.world_size)
+    mine = starts[rank::world_size]
+    rounds = -(-len(starts) // world_size)
     local = []
     for r in range(rounds):
         # FSDP2 gathers weights inside every forward, so a rank with no batch left runs a spare one
@@ -97,8 +98,10 @@ def _outputs(model: nn.Module, features: Sequence[dict], pad_id: int, batch_size
         if r < len(mine):
             local.append((i, batch, _to_cpu(out)))
     model.train(was_training)
-    if info.world_size > 1:
-        local = sorted(part for shard in distributed.all_gather_object(local) for part in shard)  # type: ignore[union-attr]
+    if world_size > 1:
+        shards: list[Any] = [None] * world_size
+        dist.all_gather_object(shards, local)
+        local = sorted(part for shard in shards for part in shard)
     return [(batch, out) for _, batch, out in local]
 
 
