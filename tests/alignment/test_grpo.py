@@ -388,6 +388,15 @@ def test_grpo_command_trains_and_saves(tmp_path, capsys):
     report = json.loads((out / "grpo_report.json").read_text())
     assert report["steps"] == 2 and (out / "step-2").is_dir()
     assert load(out / "model").model.config.vocab_size == tok.vocab_size
+    lora = [
+        *[a for a in args if not a.startswith("--out_dir")],
+        f"--out_dir={tmp_path / 'lora'}",
+        "--peft",
+        "lora",
+        "--peft.targets=q_proj,v_proj",
+    ]
+    assert main(lora) == 0, capsys.readouterr().err
+    assert (tmp_path / "lora" / "adapter").is_dir() and not (tmp_path / "lora" / "model").exists()
     capsys.readouterr()
     assert main([*args[:5], "--rewards=answer,typo"]) == 2
     err = capsys.readouterr().err.strip()
