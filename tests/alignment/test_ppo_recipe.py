@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -105,3 +106,25 @@ def test_prompts_file_errors(tmp_path):
     with pytest.raises(DataError, match=r"bad.jsonl:2: expected a non-empty string field 'prompt'"):
         read_prompts(bad)
     assert read_prompts(bad, limit=1) == ["hi"]
+
+
+def test_ppo_command_with_the_reward_command_s_model_as_reward_and_critic(tmp_path):
+    """`plmkit reward`'s export (a GPT2ForSequenceClassification checkpoint) scores the policy's tokens and
+    starts the critic."""
+    policy, prompts = world_files(tmp_path)
+    rows = make_dialogue(World(seed=0), 12, random.Random(0))
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rm_dir = tmp_path / "rm"
+    assert cli.main(["reward", f"--pretrained={policy}", f"--data.train_file={prefs}", "--train.max_steps=2",
+                     "--data.eval_fraction=0.25", "--data.max_length=64",
+                     "--device=cpu", "--train.progress=false", f"--out_dir={rm_dir}"]) == 0
+    out = tmp_path / "run"
+    argv = ["ppo", f"--policy={policy}", f"--prompts={prompts}", f"--out_dir={out}",
+            f"--reward_model={rm_dir / 'model'}", "--critic=reward_model",
+            *[a for a in SMALL if not a.startswith("--reward=")]]
+    assert cli.main(argv) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rm = plmkit.load(rm_dir / "model").model
+    assert type(rm.head).__name__ == "ScalarHead"
+    assert len(rows) == 2 and all(math.isfinite(r["reward"]) for r in rows)
