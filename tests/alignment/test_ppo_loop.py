@@ -264,6 +264,25 @@ def test_resume_needs_out_dir_and_a_used_out_dir_needs_resume(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("step-")] == ["step-1"]  # nothing lost
 
 
+def test_reward_model_with_another_tokenizer_through_text():
+    """`reward_model_fn` scores the decoded texts re-encoded as the reward model's own records rows."""
+    from plmkit.alignment.ppo import reward_model_fn
+    from plmkit.alignment.records import tokenize_prompt_response
+    from plmkit.alignment.reward import reward_scores
+
+    other = CharTokenizer(list("edcba"), {"eos": "#"})  # other ids for the same letters
+    rm = reward_model(tiny_gpt(seed=4, vocab=6).backbone)
+    score = reward_model_fn(rm, other, batch_size=2)
+    prompts, responses = ["ab", "cd", "abc"], ["a", "", "dcba"]
+    expected = []
+    for p, r in zip(prompts, responses):
+        ids = torch.tensor([tokenize_prompt_response(other, p, r, max_length=24)["input_ids"]])
+        expected.append(reward_scores(rm, ids, torch.ones_like(ids)).item())
+    torch.testing.assert_close(score(prompts, responses), torch.tensor(expected), rtol=1e-5, atol=1e-5)
+    history = train_ppo(tiny_gpt(), PROMPTS, score, small_cfg(steps=2), tokenizer=tokenizer()).history
+    assert len(history) == 2
+
+
 def test_bad_config_values():
     with pytest.raises(ConfigError, match=r"PPOConfig.minibatch_size=9: must be in \[1, batch_size\]"):
         PPOConfig(batch_size=8, minibatch_size=9)
