@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from shared_paths import REPO
 
 EXPECTED = {
     case: {f"{lib} {mode}" for lib in ("plmkit", "transformers") for mode in modes}

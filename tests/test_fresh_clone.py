@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, require_data
+from shared_paths import REPO, require_data
 
 GET_DATA = REPO / "scripts" / "get-data"
 SOURCES = json.loads((REPO / "scripts" / "data-sources.json").read_text())["files"]
@@ -67,7 +67,7 @@ def test_get_data_refuses_a_file_whose_sum_does_not_match(tmp_path: Path) -> Non
 
 
 SMALL_DATA_TEST = '''
-from conftest import require_data
+from shared_paths import require_data
 
 def test_reads_sst2():
     assert require_data("sst2", "dev.tsv").read_text().startswith("sentence")
@@ -77,6 +77,7 @@ def test_reads_sst2():
 def _pytest_without_data(tmp_path: Path, require: str | None) -> subprocess.CompletedProcess:
     # the suite's own conftest beside a one-test file, outside the repository's tests/
     shutil.copyfile(REPO / "tests" / "conftest.py", tmp_path / "conftest.py")
+    shutil.copyfile(REPO / "tests" / "shared_paths.py", tmp_path / "shared_paths.py")
     test = tmp_path / "test_reads_data.py"
     test.write_text(SMALL_DATA_TEST)
     env = {**os.environ, "PLMKIT_DATA": str(tmp_path / "empty")}

@@ -6,8 +6,8 @@ import random
 
 import pytest
 import seqeval.metrics
-from conftest import require_data
 from seqeval.metrics.sequence_labeling import get_entities as seqeval_entities
+from shared_paths import require_data
 
 from plmkit.data.readers import read_conll
 from plmkit.metrics import (

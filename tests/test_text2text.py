@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import require_data
+from shared_paths import require_data
 
 import plmkit
 from plmkit import text2text as t2t

@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from conftest import require_data
+from shared_paths import require_data
 
 from plmkit.alignment.constitution import (
     OPTIONS,

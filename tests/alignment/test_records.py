@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import require_data
+from shared_paths import require_data
 from tiny_alignment import EOS, PAD, plmkit_tokenizer
 
 from plmkit.alignment.records import (

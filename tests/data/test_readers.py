@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import require_data
+from shared_paths import require_data
 
 from plmkit.data.readers import read_conll, read_glue_tsv, read_records, read_squad
 from plmkit.data.records import LabeledText, PreferencePair, PromptCompletion, TaggedTokens

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import require_data
+from shared_paths import require_data
 
 from plmkit.data.batches import Batches
 from plmkit.data.store import PackedBatches, TokenStore, build_store, store_dtype

