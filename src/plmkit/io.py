@@ -13,8 +13,11 @@ Replacing an existing directory uses Linux's `renameat2(RENAME_EXCHANGE)`, which
 directories in one step; elsewhere the old directory is first renamed aside (`.<name>.old-*`) and a
 later `atomic_dir` on the same target puts it back if the process died between the two renames.
 
-It imports only the standard library and `plmkit.errors`, so every layer (models, interop, peft,
-training) may import it.
+Reading is here too: `read_safetensors` is the one reader of a safetensors file that turns a missing or
+corrupt file into a CheckpointError naming it (Hugging Face checkpoints and training checkpoints alike).
+
+It imports only the standard library and `plmkit.errors` (safetensors when a file is read), so every
+layer (models, interop, peft, training) may import it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from typing import Any
 
 from plmkit.errors import CheckpointError
 
-__all__ = ["atomic_dir", "atomic_file", "fsync_dir", "fsync_file", "write_json", "write_text"]
+__all__ = [
+    "atomic_dir", "atomic_file", "fsync_dir", "fsync_file", "read_safetensors", "write_json", "write_text",
+]
 
 
 def fsync_file(path: str | os.PathLike) -> None:
@@ -168,3 +173,20 @@ def atomic_dir(path: str | os.PathLike, replaces: str | None = None) -> Iterator
         fsync_dir(path.parent)
         shutil.rmtree(old, ignore_errors=True)
     fsync_dir(path.parent)
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tensors of a safetensors file (on the CPU) and its header's string metadata ({} if none).
+
+    A missing, truncated or corrupt file raises CheckpointError naming it; only safetensors is ever
+    read here, never a pickle.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return load_file(str(path)), metadata
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types (SafetensorError, OSError, ...)
+        raise CheckpointError(f"{path}: cannot read safetensors ({exc})") from None

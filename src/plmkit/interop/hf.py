@@ -18,13 +18,13 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from plmkit.errors import CheckpointError, TokenizerError
 from plmkit.interop import bart, bert, gemma2, gpt2, llama, phi3, t5
 from plmkit.interop.convert import drop_tied
-from plmkit.io import atomic_dir
+from plmkit.io import atomic_dir, read_safetensors
 
 # model_type (config.json) -> family interop module. One line per model type.
 FAMILIES: dict[str, ModuleType] = {
@@ -83,13 +83,6 @@ def read_config(path: Path) -> dict:
         return json.loads(file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{file}: invalid JSON at line {e.lineno}: {e.msg}") from None
-
-
-def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(file))
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types on a corrupt file
-        raise CheckpointError(f"{file}: cannot read safetensors ({e})") from None
 
 
 def _read_pickle(file: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
@@ -170,9 +163,9 @@ def read_generation_config(path: Path) -> dict:
 def read_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Weights of a checkpoint directory: safetensors first, a pickle only when allowed."""
     if (path / "model.safetensors").is_file():
-        return _read_safetensors(path / "model.safetensors")
+        return read_safetensors(path / "model.safetensors")[0]
     if (path / "model.safetensors.index.json").is_file():
-        return _read_index(path / "model.safetensors.index.json", _read_safetensors)
+        return _read_index(path / "model.safetensors.index.json", lambda f: read_safetensors(f)[0])
     if (path / "pytorch_model.bin").is_file():
         return _read_pickle(path / "pytorch_model.bin", allow_pickle)
     if (path / "pytorch_model.bin.index.json").is_file():

@@ -30,12 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from plmkit.errors import CheckpointError
-from plmkit.io import fsync_dir, fsync_file
+from plmkit.io import fsync_dir, fsync_file, read_safetensors
 from plmkit.training import distributed
 
 MANIFEST = "manifest.json"
@@ -320,17 +319,6 @@ def find_latest(out_dir: str | Path) -> Path | None:
     return path
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        return load_file(path), metadata
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable safetensors ({exc})") from None
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -355,7 +343,7 @@ def load_checkpoint(
     """
     path = Path(path)
     verify_checkpoint(path)
-    weights, metadata = _read_safetensors(path / "model.safetensors")
+    weights, metadata = read_safetensors(path / "model.safetensors")
     for alias, name in json.loads(metadata.get("aliases", "{}")).items():
         weights[alias] = weights[name]
     expected = model.state_dict()
@@ -376,7 +364,7 @@ def load_checkpoint(
         optim_file = path / "optimizer.safetensors"
         if not optim_file.is_file():
             raise CheckpointError(f"{optim_file}: missing; this checkpoint holds no optimizer state")
-        tensors, optim_meta = _read_safetensors(optim_file)
+        tensors, optim_meta = read_safetensors(optim_file)
         try:
             optimizer_state = _unflatten_optimizer(tensors, optim_meta)
         except (KeyError, ValueError, json.JSONDecodeError) as exc:
