@@ -35,13 +35,9 @@ from plmkit.objectives.distillation import (
     soft_target_loss,
 )
 from plmkit.objectives.mlm import IGNORE
-from plmkit.recipes.finetune import TASKS, format_table
+from plmkit.recipes.finetune import TASKS, _default_train, format_table  # the student trains as finetune does
 from plmkit.training import StepOutput, TrainConfig, distributed, train
 from plmkit.training.runtime import DEVICE_HELP
-
-
-def _default_train() -> TrainConfig:
-    return TrainConfig(max_steps=1000, lr=5e-5, schedule="linear", min_lr_ratio=0.0, weight_decay=0.01)
 
 
 @dataclass
