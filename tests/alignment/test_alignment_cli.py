@@ -53,14 +53,17 @@ def run_cli(capsys, *args: str) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
-def test_sft_learns_the_responses_and_writes_a_model(workdir, capsys):
-    out = workdir / "sft_run"
+@pytest.mark.parametrize("packing", [False, True], ids=["rows", "packed"])
+def test_sft_learns_the_responses_and_writes_a_model(workdir, capsys, packing):
+    out = workdir / f"sft_run_{packing}"
     code, text = run_cli(capsys, "sft", f"--pretrained={workdir / 'base'}",
                          f"--data.train_file={workdir / 'sft.jsonl'}",
                          f"--data.eval_file={workdir / 'sft_dev.jsonl'}", "--train.max_steps=40",
-                         "--train.lr=3e-3", "--train.warmup_steps=0", f"--out_dir={out}")
+                         "--train.lr=3e-3", "--train.warmup_steps=0", f"--out_dir={out}",
+                         f"--data.packing={str(packing).lower()}", "--data.max_length=24")
     assert code == 0, text
     report = json.loads((out / "sft_report.json").read_text())
+    assert report["train_rows"] == (10 if packing else 40)  # 40 rows of 6 tokens, 4 to a packed row
     assert report["final_loss"] < 0.75 * report["first_loss"]
     assert report["eval_loss"] < report["first_loss"]
     tuned = load(out / "model")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from tiny_alignment import EOS, PAD, hf_gpt2, hf_tokenizer, max_grad_difference, plmkit_tokenizer, plmkit_twin
 
-from plmkit.alignment.records import collate_prompt_responses, encode_prompt_responses
+from plmkit.alignment.records import collate_prompt_responses, encode_prompt_responses, pack_prompt_responses
 from plmkit.alignment.sft import sft_loss, sft_step
 from plmkit.data.records import PromptCompletion
 from plmkit.errors import DataError
@@ -104,6 +104,32 @@ def test_a_tiny_model_learns_to_answer_and_stop():
     model.eval()
     new = generate(model, [tok.encode("w1 w2")], max_new_tokens=6, eos_token_id=EOS, pad_token_id=PAD)
     assert new[0].tolist()[:4] == [40, 41, 42, EOS]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_packed_rows_give_the_loss_and_gradients_of_separate_rows(family):
+    """Packed examples see only themselves: a block-diagonal causal mask, positions restarting at 0."""
+    from plmkit.models.llama import LlamaConfig, llama_lm
+
+    torch.manual_seed(0)
+    if family == "gpt2":
+        model = gpt2_lm(GPT2Config(vocab_size=97, max_positions=32, d_model=16, num_layers=2, num_heads=2))
+    else:
+        model = llama_lm(LlamaConfig(vocab_size=97, max_positions=32, d_model=16, num_layers=2, num_heads=2,
+                                     d_ff=32))
+    records = [PromptCompletion(r["prompt"], r["completion"]) for r in ROWS]
+    records.append(PromptCompletion("w20 w21", " w22 w23"))
+    rows = encode_prompt_responses(plmkit_tokenizer(), records, 32)
+    packed = pack_prompt_responses(rows, 12)
+    assert len(packed) == 2 and packed[0]["document_ids"] == [1] * 6 + [2] * 6
+    grads = []
+    for batch in (collate_prompt_responses(rows, PAD), collate_prompt_responses(packed, PAD)):
+        model.zero_grad()
+        loss_sum, n = sft_loss(model, batch)
+        loss_sum.backward()
+        grads.append((loss_sum.detach(), int(n), [p.grad.clone() for p in model.parameters()]))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5) and grads[0][1] == grads[1][1] == 13
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[0][2], grads[1][2]))
 
 
 def test_a_batch_without_response_tokens_is_an_error():

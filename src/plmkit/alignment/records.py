@@ -22,6 +22,9 @@ without an EOS token and a pair whose chosen equals its rejected response.
 
 Batches: `input_ids`, `attention_mask`, `response_mask` (B, T) and `labels` (B, T), the next-token targets
 of `plmkit.objectives.clm` (labels[t] = input_ids[t + 1] where that token is a response token, else -100).
+`pack_prompt_responses` packs several SFT rows into one of at most `max_length` tokens; its batches number
+the documents of a row 1, 2, 3, ... in `attention_mask` (0: padding), which plmkit's decoders read as a
+block-diagonal causal mask with positions restarting per document: no attention across examples.
 A preference batch stacks the B chosen rows over the B rejected rows (2B, T) so that one forward pass
 scores both, plus `p_chosen` (B,).
 """
@@ -268,10 +271,40 @@ def response_labels(input_ids: Tensor, response_mask: Tensor) -> Tensor:
     return labels.masked_fill(~keep, IGNORE)
 
 
-def _batch(ids: list, masks: list, pad_id: int, side: str) -> dict[str, Tensor]:
+def pack_prompt_responses(
+    rows: Sequence[dict[str, list[int]]], max_length: int
+) -> list[dict[str, list[int]]]:
+    """SFT rows packed first-fit, longest first, into rows of at most `max_length` tokens, each with its
+    `document_ids` (1, 2, ... per packed row). Deterministic: the same rows always pack the same way."""
+    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i]["input_ids"]), i))
+    bins: list[dict[str, list[int]]] = []
+    for i in order:
+        row = rows[i]
+        n = len(row["input_ids"])
+        if n > max_length:
+            raise DataError(f"record {i}: {n} tokens do not fit a packed row of max_length={max_length}")
+        target = next((b for b in bins if len(b["input_ids"]) + n <= max_length), None)
+        if target is None:
+            target = {"input_ids": [], "response_mask": [], "document_ids": []}
+            bins.append(target)
+        document = (target["document_ids"][-1] if target["document_ids"] else 0) + 1
+        target["input_ids"] += row["input_ids"]
+        target["response_mask"] += row["response_mask"]
+        target["document_ids"] += [document] * n
+    return bins
+
+
+def _batch(
+    ids: list, masks: list, pad_id: int, side: str, documents: list | None = None
+) -> dict[str, Tensor]:
     input_ids = pad_rows(ids, pad_id, side)
     response_mask = pad_rows(masks, 0, side)
-    attention_mask = pad_rows([[1] * len(r) for r in ids], 0, side)
+    attention_mask = pad_rows(documents if documents is not None else [[1] * len(r) for r in ids], 0, side)
+    if documents is not None:
+        # The last token of a document does not predict the first of the next one.
+        response_mask = response_mask.masked_fill(
+            F.pad(attention_mask[:, 1:] != attention_mask[:, :-1], (1, 0), value=False), 0
+        )
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
@@ -284,8 +317,10 @@ def _batch(ids: list, masks: list, pad_id: int, side: str) -> dict[str, Tensor]:
 def collate_prompt_responses(
     rows: Sequence[dict[str, Any]], pad_id: int, padding_side: str = "right"
 ) -> dict[str, Tensor]:
-    """SFT rows -> input_ids, attention_mask, response_mask, labels (B, T)."""
-    return _batch([r["input_ids"] for r in rows], [r["response_mask"] for r in rows], pad_id, padding_side)
+    """SFT rows (or packed rows) -> input_ids, attention_mask, response_mask, labels (B, T)."""
+    documents = [r["document_ids"] for r in rows] if "document_ids" in rows[0] else None
+    return _batch([r["input_ids"] for r in rows], [r["response_mask"] for r in rows], pad_id, padding_side,
+                  documents)
 
 
 def collate_preferences(

@@ -165,7 +165,7 @@ class GPT2Model(nn.Module):
             if position_ids is None:
                 position_ids = cache_positions
         else:
-            if attention_mask is not None and bool(attention_mask.all()):
+            if attention_mask is not None and bool((attention_mask == 1).all()):
                 attention_mask = None  # no padding: SDPA's causal kernel beats an explicit (B, 1, T, T) mask
             mask = None if attention_mask is None else causal_padding_mask(attention_mask)
             if position_ids is None:

@@ -131,10 +131,22 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask.bool()[:, None, None, :]
 
 
+def is_packed(attention_mask: torch.Tensor) -> bool:
+    """True for a packed mask: several documents in a row, numbered 1, 2, 3, ... (0 is padding)."""
+    return bool((attention_mask > 1).any())
+
+
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that count only real tokens, so a left-padded row gets the positions it would
-    have alone: cumsum(mask) - 1, clamped at 0 on the padding."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    have alone: cumsum(mask) - 1, clamped at 0 on the padding. In a packed mask each document
+    restarts at 0, as it would alone."""
+    if not is_packed(attention_mask):
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    t = attention_mask.shape[-1]
+    index = torch.arange(t, device=attention_mask.device).expand_as(attention_mask)
+    starts = F.pad(attention_mask[:, 1:] != attention_mask[:, :-1], (1, 0), value=True)
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(-1).values
+    return (index - first).masked_fill(attention_mask == 0, 0)
 
 
 class RMSNorm(nn.Module):
@@ -319,7 +331,9 @@ def causal_padding_mask(attention_mask: torch.Tensor, window: int | None = None)
     """(B, T) 1/0 mask -> boolean (B, 1, T, T): causal (within `window` keys if given), no padded keys.
 
     Each query also sees itself, so a padding query never gets an all-masked row (SDPA would return
-    NaN there, and the NaN would leak through the values of later layers).
+    NaN there, and the NaN would leak through the values of later layers). A packed mask (documents
+    numbered 1, 2, ...) is block-diagonal: a query sees only earlier keys of its own document, so packed
+    examples train as if each were alone in its row.
     """
     t = attention_mask.shape[-1]
     if window is None:
@@ -327,4 +341,7 @@ def causal_padding_mask(attention_mask: torch.Tensor, window: int | None = None)
     else:
         causal = sliding_window_mask(t, t, window, device=attention_mask.device)
     eye = torch.eye(t, dtype=torch.bool, device=attention_mask.device)
-    return ((causal[None] & attention_mask.bool()[:, None, :]) | eye[None])[:, None]
+    keys = attention_mask.bool()[:, None, :]  # (B, 1, T)
+    if is_packed(attention_mask):
+        keys = keys & (attention_mask[:, :, None] == attention_mask[:, None, :])  # (B, T, T)
+    return ((causal[None] & keys) | eye[None])[:, None]

@@ -162,7 +162,7 @@ def window_masks(
     if cache is not None:
         mask, positions = cache.begin(attention_mask, t)  # (B, 1, T, S), (B, T)
         return mask, (cache.window_mask(window) if window is not None else None), positions
-    if attention_mask is not None and bool(attention_mask.all()):
+    if attention_mask is not None and bool((attention_mask == 1).all()):
         attention_mask = None  # no padding: SDPA's causal kernel beats an explicit (B, 1, T, T) mask
     mask = None if attention_mask is None else causal_padding_mask(attention_mask)
     if window is None or window >= t:

@@ -4,7 +4,9 @@ Loads `--pretrained` (a Hugging Face or plmkit causal LM) and `--data.train_file
 `response`, or `messages` with roles; see `plmkit.alignment.records`), renders `messages` with the
 checkpoint's chat template (sandboxed Jinja) when it ships one, else the plain Human/Assistant format,
 appends EOS to every response, and trains the next-token loss on the response tokens only (EOS included)
-through the one training loop. `--peft.method=lora` trains adapters instead of all weights.
+through the one training loop. `--peft.method=lora` trains adapters instead of all weights;
+`--data.packing` packs several examples into each row of `--data.max_length` tokens, each attending only
+to itself (a block-diagonal causal mask, positions restarting per example).
 
     plmkit sft --pretrained=path/to/gpt2 --data.train_file=sft.jsonl --data.eval_file=sft_dev.jsonl \\
         --train.max_steps=200 --out_dir=runs/sft
@@ -47,6 +49,9 @@ class DataConfig:
     )
     chat_template: bool = field(
         default=True, metadata={"help": "render messages with the checkpoint's chat template if it has one"}
+    )
+    packing: bool = field(
+        default=False, metadata={"help": "pack examples into rows of max_length (no attention across them)"}
     )
 
 
@@ -150,6 +155,7 @@ def run(cfg: Config) -> dict:
     from plmkit.alignment.records import (
         collate_prompt_responses,
         encode_prompt_responses,
+        pack_prompt_responses,
         read_prompt_responses,
     )
     from plmkit.alignment.sft import sft_step
@@ -174,6 +180,8 @@ def run(cfg: Config) -> dict:
         tokenizer, limit(read_prompt_responses(d.eval_file, template), d.max_eval_examples), d.max_length,
         max_prompt,
     ) if d.eval_file else []
+    if d.packing:
+        train_rows = pack_prompt_responses(train_rows, d.max_length)
     model = pretrained.model
     if cfg.peft.method:
         model = apply_peft(model, cfg.peft)
@@ -198,7 +206,7 @@ def run(cfg: Config) -> dict:
         "first_loss": result.history[0]["loss"],
         "final_loss": result.history[-1]["loss"],
         "train_seconds": time.perf_counter() - start,
-        "train_examples": len(train_rows),
+        "train_rows": len(train_rows),
         "eval_examples": len(eval_rows),
         **result.final_eval,
     }

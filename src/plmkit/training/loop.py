@@ -177,9 +177,10 @@ StepFn = Callable[[nn.Module, dict[str, Tensor]], StepOutput]
 
 
 def count_tokens(batch: dict[str, Tensor]) -> int:
-    """Real tokens in a batch: the attention mask's sum, else the size of input_ids."""
+    """Real tokens in a batch: the attention mask's nonzero entries (a packed mask numbers its documents
+    1, 2, ...), else the size of input_ids."""
     if "attention_mask" in batch:
-        return int(batch["attention_mask"].sum())
+        return int((batch["attention_mask"] != 0).sum())
     if "input_ids" in batch:
         return batch["input_ids"].numel()
     return 0
