@@ -36,6 +36,7 @@ from plmkit.alignment.records import (
     collate_prompt_responses,
     encode_preferences,
     encode_prompt_responses,
+    pack_prompt_responses,
     read_preferences,
     read_prompt_responses,
     split_hh_transcript,
@@ -48,7 +49,9 @@ from plmkit.alignment.reward import (
     reward_model,
     reward_scores,
     reward_step,
+    save_reward_model,
 )
+from plmkit.alignment.sft import sft_loss, sft_step
 
 __all__ = [
     "BestOfN",
@@ -62,6 +65,7 @@ __all__ = [
     "dpo_loss",
     "encode_preferences",
     "encode_prompt_responses",
+    "pack_prompt_responses",
     "evaluate_pairs",
     "gae",
     "gather_logprobs",
@@ -81,8 +85,11 @@ __all__ = [
     "reward_model_fn",
     "reward_scores",
     "reward_step",
+    "save_reward_model",
     "robust_dpo_loss",
     "sequence_logprobs",
+    "sft_loss",
+    "sft_step",
     "split_hh_transcript",
     "token_logprobs",
     "tokenize_prompt_response",
