@@ -11,9 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
+from toy_world import toy_lines
 
 import plmkit
 from plmkit.evaluation import parse_spec, run_task
+from plmkit.evaluation.lm import MIN_SHARED_PREFIX, encode_pair
 from plmkit.evaluation.spec import lm_eval_config
 
 TASKS = {
@@ -32,6 +34,15 @@ TASKS = {
         "generation": {"until": ["\n"], "max_new_tokens": 6},
     },
     "toy_ppl": {"kind": "perplexity", "eval_file": "pages.jsonl", "prompt": "{page}"},
+    # Fixed demonstrations: every context starts with the same tokens, which run once for all examples.
+    "toy_fixed": {
+        "kind": "multiple_choice", "eval_file": "test.jsonl", "prompt": "{sentence}\nColor:",
+        "target": "{pair}", "choices": "options", "num_fewshot": 3,
+        "description": "Name the color of each animal.\n\n",
+        "fewshot_samples": [
+            {k: r[k] for k in ("sentence", "pair", "options")} for r in toy_lines(3, seed=5)
+        ],
+    },
 }
 
 
@@ -81,6 +92,19 @@ def test_multiple_choice_matches_lm_eval(both):
     for metric in ("acc", "acc_norm"):
         assert mine[metric] == ref["results"]["toy_mc"][f"{metric},none"]
         assert mine[f"{metric}_stderr"] == pytest.approx(ref["results"]["toy_mc"][f"{metric}_stderr,none"])
+
+
+def test_fixed_shots_share_their_prefix_and_match_lm_eval(both, checkpoint):
+    ours, ref = both
+    mine, theirs = ours["toy_fixed"], ref_samples(ref, "toy_fixed")
+    for a, b in zip(mine["samples"], theirs):
+        assert a["context"] == ref_context(b)
+        assert a["logprobs"] == pytest.approx([r[0][0] for r in b["resps"]], abs=1e-4)
+    assert mine["acc"] == ref["results"]["toy_fixed"]["acc,none"]
+    tok = plmkit.load(checkpoint).require_tokenizer()
+    first, second = (encode_pair(tok, s["context"], " x")[0] for s in mine["samples"][:2])
+    shared = next(i for i, (x, y) in enumerate(zip(first, second)) if x != y)
+    assert shared >= MIN_SHARED_PREFIX  # the shared-prefix path ran
 
 
 def test_loglikelihood_matches_lm_eval(both):

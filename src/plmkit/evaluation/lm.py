@@ -12,6 +12,7 @@ Shape legend: G context groups in a batch, R continuation rows, T tokens, D mode
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,7 +98,8 @@ def loglikelihoods(
     """Score (context ids, continuation ids) requests; results in request order.
 
     `batch_size` bounds the continuation rows of one forward pass. Requests with identical contexts
-    share one context pass (the KV cache is copied per continuation).
+    share one context pass (the KV cache is copied per continuation), and a token prefix that every
+    context starts with (fixed demonstrations, a description) runs once for the whole call.
     """
     max_length = context_window(model)
     device = next(model.parameters()).device
@@ -112,13 +114,14 @@ def loglikelihoods(
     was_training = model.training
     model.eval()
     try:
+        shared = _shared_prefix(model, [ctx for ctx, _ in order], order, device, dtype)
         start = 0
         while start < len(order):
             rows, end = 0, start
             while end < len(order) and (end == start or rows + len(order[end][1]) <= batch_size):
                 rows += len(order[end][1])
                 end += 1
-            for i, scored in _score_batch(model, order[start:end], device, dtype):
+            for i, scored in _score_batch(model, order[start:end], device, dtype, shared):
                 results[i] = scored
             if progress is not None:
                 progress(rows)
@@ -128,21 +131,65 @@ def loglikelihoods(
     return results  # type: ignore[return-value]
 
 
+MIN_SHARED_PREFIX = 16  # tokens; below this, copying the prefix's cache costs more than it saves
+
+
+@dataclass
+class SharedPrefix:
+    """The keys and values of a token prefix every context of a call starts with, computed once."""
+
+    cache: KVCache  # one row, sized for the longest context + continuation of the call
+    length: int
+
+    def expand(self, rows: int) -> KVCache:
+        """A cache of `rows` copies of the prefix, ready for each row's remaining tokens."""
+        cache = copy.copy(self.cache)
+        cache.length = self.cache.length.clone()  # `end` advances it in place
+        cache.reorder(torch.zeros(rows, dtype=torch.long, device=self.cache.key_mask.device))
+        return cache
+
+
+def _shared_prefix(
+    model: nn.Module,
+    contexts: Sequence[tuple[int, ...]],
+    order: Sequence[tuple[tuple[int, ...], list[tuple[int, list[int]]]]],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> SharedPrefix | None:
+    if len(contexts) < 2:
+        return None
+    first, n = contexts[0], min(len(c) for c in contexts) - 1  # every context keeps >= 1 own token
+    for ctx in contexts[1:]:
+        n = min(n, next((i for i, (a, b) in enumerate(zip(first, ctx)) if a != b), n))
+    if n < MIN_SHARED_PREFIX:
+        return None
+    size = max(len(ctx) + max(len(c) for _, c in members) - 1 for ctx, members in order)
+    cache = KVCache.for_model(model.config, 1, size, dtype, device)
+    ids = torch.tensor([first[:n]], device=device)
+    _forward_hidden(model, ids, torch.ones_like(ids), cache)
+    return SharedPrefix(cache, n)
+
+
 def _score_batch(
     model: nn.Module,
     batch: Sequence[tuple[tuple[int, ...], list[tuple[int, list[int]]]]],
     device: torch.device,
     dtype: torch.dtype,
+    shared: SharedPrefix | None = None,
 ) -> list[tuple[int, Scored]]:
     g = len(batch)
-    ctx_len = max(len(ctx) for ctx, _ in batch)
+    skip = shared.length if shared is not None else 0
+    ctx_len = max(len(ctx) for ctx, _ in batch) - skip
     tail = max(len(cont) for _, members in batch for _, cont in members) - 1  # continuation inputs
-    cache = KVCache.for_model(model.config, g, ctx_len + max(tail, 0), dtype, device)
+    if shared is not None:
+        cache = shared.expand(g)
+    else:
+        cache = KVCache.for_model(model.config, g, ctx_len + max(tail, 0), dtype, device)
     ids = torch.zeros(g, ctx_len, dtype=torch.long)
     mask = torch.zeros(g, ctx_len, dtype=torch.long)
     for row, (ctx, _) in enumerate(batch):
-        ids[row, : len(ctx)] = torch.tensor(ctx)
-        mask[row, : len(ctx)] = 1
+        ids[row, : len(ctx) - skip] = torch.tensor(ctx[skip:])
+        mask[row, : len(ctx) - skip] = 1
     hidden = _forward_hidden(model, ids.to(device), mask.to(device), cache)  # (G, T, D)
     last = (mask.sum(-1) - 1).to(device)
     first = _head(model, hidden[torch.arange(g, device=device), last]).float().log_softmax(-1)  # (G, V)

@@ -316,6 +316,8 @@ def lm_eval_config(spec: TaskSpec, data_dir: str | Path) -> dict[str, Any]:
         "metric_list": [{"metric": m} for m in spec.metrics],
     }
     if spec.fewshot_samples:
+        # lm-eval reads a few-shot split in preference to listed samples, so the split goes.
+        del out["fewshot_split"]
         out["fewshot_config"] = {"sampler": "first_n", "samples": spec.fewshot_samples}
     if spec.description:
         out["description"] = spec.description
