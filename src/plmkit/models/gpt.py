@@ -12,7 +12,6 @@ Shape legend: B batch, T length, S key slots, D model width, H heads, Dh head wi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +26,7 @@ from plmkit.models.layers import (
     attention,
     causal_mask,
     causal_padding_mask,
+    init_gpt2,
     merge_heads,
     positions_from_mask,
     prepend_prefix,
@@ -134,18 +134,8 @@ class GPT2Model(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(GPT2Block(config, i) for i in range(config.num_layers))
         self.norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
-        self.apply(self._init_weights)
-        # GPT-2 sec. 2.3: scale residual-writing projections by 1/sqrt(N), N = 2 per block.
-        residual_std = config.init_std / math.sqrt(2 * config.num_layers)
-        for block in self.layers:
-            nn.init.normal_(block.attn.o_proj.weight, std=residual_std)
-            nn.init.normal_(block.mlp.down_proj.weight, std=residual_std)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=self.config.init_std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        # GPT-2 sec. 2.3: N(0, init_std), residual-writing projections scaled by 1/sqrt(N), N = 2 per block.
+        init_gpt2(self, config.init_std)
 
     def forward(
         self,

@@ -72,6 +72,27 @@ def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tenso
     return out.masked_fill(out == -100, pad_id)
 
 
+def init_gpt2(model: nn.Module, std: float) -> None:
+    """GPT-2's initialization (Radford et al. 2019, sec. 2.3), which Llama-style decoders keep.
+
+    Linear and Embedding weights ~ N(0, std) and Linear biases 0, then the projections that write into
+    the residual stream (each block's attn.o_proj and mlp.down_proj) ~ N(0, std / sqrt(2N)) for N blocks
+    in `model.layers`, so the residual's variance does not grow with depth.
+    """
+
+    def normal(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    model.apply(normal)  # children before parents, the draw order seeded runs have always had
+    residual_std = std / math.sqrt(2 * len(model.layers))
+    for block in model.layers:
+        nn.init.normal_(block.attn.o_proj.weight, std=residual_std)
+        nn.init.normal_(block.mlp.down_proj.weight, std=residual_std)
+
+
 def prepend_prefix(
     prefix: Prefix | None,
     k: torch.Tensor,

@@ -20,7 +20,6 @@ Dh head width, F feed-forward width, V vocabulary.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +37,7 @@ from plmkit.models.layers import (
     attention,
     causal_mask,
     causal_padding_mask,
+    init_gpt2,
     merge_heads,
     positions_from_mask,
     prepend_prefix,
@@ -257,17 +257,7 @@ class LlamaModel(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(LlamaBlock(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
-        self.apply(self._init_weights)
-        residual_std = config.init_std / math.sqrt(2 * config.num_layers)
-        for block in self.layers:
-            nn.init.normal_(block.attn.o_proj.weight, std=residual_std)
-            nn.init.normal_(block.mlp.down_proj.weight, std=residual_std)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=self.config.init_std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        init_gpt2(self, config.init_std)  # GPT-2's scheme, residual scaling included, as gpt.py
 
     def forward(
         self,
