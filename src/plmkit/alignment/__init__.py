@@ -2,6 +2,8 @@
 
 One file per idea: `records` (data formats, tokenization, batches), `logprobs` (the shared per-token and
 per-sequence log-probs), `sft`, `reward` (Bradley–Terry reward models), `dpo` (DPO, IPO, soft labels).
+`grpo` (GRPO and rule rewards) and `constitution` (Constitutional AI: critique/revision, AI feedback) are
+imported as modules: `from plmkit.alignment.grpo import train_grpo`.
 """
 
 from __future__ import annotations
