@@ -13,7 +13,7 @@ plmkit's time covers `run_task` whole (reading the files, building the prompts, 
 plmkit then lm-eval; medians and every run are printed. The first repeat also checks that both give the
 same per-example log-likelihoods (within 1e-3) and the same accuracy.
 
-    python bench/eval_speed.py [--examples 128] [--repeats 3] [--threads 2] [--batch-size 16]
+    python bench/eval_speed.py [--examples 128] [--repeats 3] [--threads 1] [--batch-size 16]
                                [--data ../shared/data] [--tasks sst2_4shot,hhh]
 """
 
@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16)
     default_data = os.environ.get("PLMKIT_DATA") or str(Path("..") / "shared" / "data")
     parser.add_argument("--data", default=default_data)
