@@ -395,6 +395,11 @@ def _encode(
     return ids
 
 
+def seeded_generator(model: nn.Module, seed: int) -> torch.Generator:
+    """A generator on the model's device (sampling on a GPU needs one there), seeded."""
+    return torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+
+
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:
     """`text` up to the first stop string, stripped."""
     cut = len(text)
@@ -488,7 +493,7 @@ def revise(
         )
     sampling = sampling or SamplingOptions()
     rng = random.Random(seed)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(model, seed)
     if responses is None:
         responses = complete(
             model,
@@ -682,7 +687,7 @@ def ai_feedback(
         raise ConfigError(f"{len(pairs)} response pairs for {len(prompts)} prompts")
     option_ids(tokenizer)  # fail before any generation when the options cannot be written
     rng = random.Random(seed)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(model, seed)
     drawn = []
     forward, backward = [], []
     for prompt, (first, second) in zip(prompts, pairs):

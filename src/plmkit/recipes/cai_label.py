@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass, field
 
 from plmkit.errors import ConfigError, DataError
+from plmkit.training.runtime import DEVICE_HELP
 
 
 @dataclass
@@ -42,10 +43,10 @@ class Config:
     batch_size: int = field(default=8, metadata={"help": "texts scored or generated together"})
     seed: int = field(default=0, metadata={"help": "seed of the principle draws and the sampling"})
     allow_pickle: bool = field(default=False, metadata={"help": "allow a pickle .bin checkpoint (runs code)"})
+    device: str = field(default="auto", metadata={"help": "where to run the models: " + DEVICE_HELP})
 
 
 def run(cfg: Config) -> dict:
-    import torch
 
     from plmkit.alignment.constitution import (
         RESPONSE_STOPS,
@@ -58,9 +59,11 @@ def run(cfg: Config) -> dict:
         option_ids,
         preference_records,
         read_cai_input,
+        seeded_generator,
     )
     from plmkit.interop.hf import load
     from plmkit.io import atomic_file
+    from plmkit.training.runtime import resolve_device
 
     for key in ("model", "prompts", "out"):
         if not getattr(cfg, key):
@@ -72,15 +75,18 @@ def run(cfg: Config) -> dict:
         cot_fewshot=cfg.cot_fewshot or None,
     )
     data = read_cai_input(cfg.prompts)
+    device = resolve_device(cfg.device)
     feedback = load(cfg.model, allow_pickle=cfg.allow_pickle)
+    feedback.model.to(device)
     tokenizer = feedback.require_tokenizer()
     option_ids(tokenizer)  # before sampling anything: a tokenizer without the options cannot label
     sampling = SamplingOptions(cfg.max_new_tokens, True, cfg.temperature, 0, cfg.top_p, cfg.batch_size)
     pairs = data.pairs
     if pairs is None:
         policy = load(cfg.policy, allow_pickle=cfg.allow_pickle) if cfg.policy else feedback
+        policy.model.to(device)
         texts = [as_transcript(p) for p in data.prompts for _ in range(2)]
-        generator = torch.Generator().manual_seed(cfg.seed)
+        generator = seeded_generator(policy.model, cfg.seed)
         sampled = complete(
             policy.model, policy.require_tokenizer(), texts, sampling, RESPONSE_STOPS, generator
         )

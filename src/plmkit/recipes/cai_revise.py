@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 
 from plmkit.errors import ConfigError
+from plmkit.training.runtime import DEVICE_HELP
 
 
 @dataclass
@@ -40,12 +41,14 @@ class Config:
     batch_size: int = field(default=8, metadata={"help": "texts generated together"})
     seed: int = field(default=0, metadata={"help": "seed of the principle draws and the sampling"})
     allow_pickle: bool = field(default=False, metadata={"help": "allow a pickle .bin checkpoint (runs code)"})
+    device: str = field(default="auto", metadata={"help": "where to run the models: " + DEVICE_HELP})
 
 
 def run(cfg: Config) -> dict:
     from plmkit.alignment.constitution import SamplingOptions, load_constitution, read_cai_input, revise
     from plmkit.interop.hf import load
     from plmkit.io import atomic_file
+    from plmkit.training.runtime import resolve_device
 
     for key in ("model", "prompts", "out"):
         if not getattr(cfg, key):
@@ -58,6 +61,7 @@ def run(cfg: Config) -> dict:
     constitution.require("critiques")
     prompts = read_cai_input(cfg.prompts).prompts
     loaded = load(cfg.model, allow_pickle=cfg.allow_pickle)
+    loaded.model.to(resolve_device(cfg.device))
     sampling = SamplingOptions(
         cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_k, cfg.top_p, cfg.batch_size
     )
