@@ -36,7 +36,7 @@ if __package__ in (None, ""):
 import plmkit
 from plmkit.data.text2text import Text2TextExample, collate_text2text, encode_examples, mix, mixing_rates
 from plmkit.data.tokenizer import Tokenizer, train_tokenizer
-from plmkit.metrics_text import bleu, rouge_l
+from plmkit.metrics import bleu, rouge_l
 from plmkit.models.seq2seq_generation import generate_seq2seq
 from plmkit.models.t5 import T5Config, shift_right, t5_lm
 from plmkit.objectives.seq2seq import seq2seq_loss

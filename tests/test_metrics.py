@@ -98,3 +98,12 @@ def test_squad_em_f1_golden():
     # EM: a 0, b 1, c 0, d missing 0 -> 25.0; F1: a max(0.8, 0.5)=0.8, b 1, c 0, d 0 -> 45.0
     assert scores["exact_match"] == pytest.approx(25.0)
     assert scores["f1"] == pytest.approx(45.0)
+
+
+def test_text_metrics_live_in_metrics_and_the_old_module_reexports_them():
+    import plmkit.metrics as metrics
+    import plmkit.metrics_text as metrics_text
+
+    for name in ("bleu", "rouge", "rouge_l", "exact_match"):
+        assert getattr(metrics_text, name) is getattr(metrics, name)
+    assert metrics.bleu.__module__ == "plmkit.metrics"

@@ -28,7 +28,7 @@ from plmkit.data.text2text import (
 )
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.errors import DataError
-from plmkit.metrics_text import bleu, exact_match, rouge_l
+from plmkit.metrics import bleu, exact_match, rouge_l
 from plmkit.models.t5 import T5Config, t5_lm
 from plmkit.recipes import finetune, pretrain
 

@@ -1,7 +1,13 @@
-"""Task metrics: accuracy and F1 for classification, entity-level P/R/F1 for tagging, SQuAD EM/F1 for QA.
+"""Task metrics: accuracy and F1 for classification, entity-level P/R/F1 for tagging, SQuAD EM/F1 for QA,
+BLEU, ROUGE and exact match for generated text.
 
 All take plain Python sequences (labels as strings or ints) and return floats in [0, 1], except the SQuAD
-metrics, which follow the official script and report percentages.
+metrics, which follow the official script and report percentages, and BLEU/ROUGE (0-100, as published).
+
+BLEU is sacrebleu's corpus BLEU (Post 2018: its default 13a tokenization makes scores comparable across
+papers); ROUGE is Google's `rouge-score` (the reference re-implementation of Lin 2004), F-measure
+averaged over examples, with Porter stemming as in the summarization literature. Both packages are
+imported when first used.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ import collections
 import re
 import string
 from collections.abc import Hashable, Sequence
+
+from plmkit.errors import DataError
 
 
 def accuracy(predictions: Sequence[Hashable], references: Sequence[Hashable]) -> float:
@@ -156,3 +164,50 @@ def squad_scores(predictions: dict[str, str], references: dict[str, Sequence[str
         em += max(squad_exact_match(predictions[qid], a) for a in answers)
         f1 += max(squad_f1(predictions[qid], a) for a in answers)
     return {"exact_match": 100.0 * em / len(references), "f1": 100.0 * f1 / len(references)}
+
+
+# ---- generated text: BLEU, ROUGE, exact match ------------------------------------------------------
+
+
+def _check_texts(hypotheses: Sequence[str], references: Sequence[str]) -> None:
+    if len(hypotheses) != len(references):
+        raise DataError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    if not hypotheses:
+        raise DataError("no hypotheses to score")
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU (0-100) of one reference per hypothesis."""
+    import sacrebleu
+
+    _check_texts(hypotheses, references)
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+def rouge(
+    hypotheses: Sequence[str],
+    references: Sequence[str],
+    kinds: Sequence[str] = ("rouge1", "rouge2", "rougeL"),
+) -> dict[str, float]:
+    """Mean ROUGE F-measure (0-100) per kind ("rouge1", "rouge2", "rougeL", "rougeLsum")."""
+    from rouge_score import rouge_scorer
+
+    _check_texts(hypotheses, references)
+    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
+    totals = dict.fromkeys(kinds, 0.0)
+    for hyp, ref in zip(hypotheses, references):
+        scores = scorer.score(ref, hyp)
+        for kind in kinds:
+            totals[kind] += scores[kind].fmeasure
+    return {kind: 100.0 * total / len(hypotheses) for kind, total in totals.items()}
+
+
+def rouge_l(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F-measure (0-100)."""
+    return rouge(hypotheses, references, ("rougeL",))["rougeL"]
+
+
+def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Fraction (0-1) of hypotheses equal to their reference after stripping surrounding whitespace."""
+    _check_texts(hypotheses, references)
+    return sum(h.strip() == r.strip() for h, r in zip(hypotheses, references)) / len(hypotheses)

@@ -44,7 +44,7 @@ from plmkit.data.text2text import (
     task_of,
 )
 from plmkit.errors import ConfigError, DataError
-from plmkit.metrics_text import bleu, exact_match, rouge_l
+from plmkit.metrics import bleu, exact_match, rouge_l
 from plmkit.models.bart import BartConfig, bart_lm
 from plmkit.models.seq2seq_generation import generate_texts
 from plmkit.models.t5 import T5Config, shift_right, t5_lm
