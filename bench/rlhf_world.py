@@ -16,8 +16,8 @@ distribution the judge scores); the figures are the judge's mean score, the KL t
 Carlo over those samples; best-of-n: the bound log n - (n - 1)/n), and the reward model's accuracy on the
 300 dev pairs. A PNG plots judge score against KL for all four.
 
-    .venv/bin/python bench/rlhf_world.py --out runs/rlhf_world          # a few minutes on 2 idle cores
-    .venv/bin/python bench/rlhf_world.py --quick --out /tmp/rlhf        # under a minute, a smoke run
+    .venv/bin/python bench/rlhf_world.py --out runs/rlhf_world     # ~1 min of CPU (4-6 min wall under load)
+    .venv/bin/python bench/rlhf_world.py --quick --out /tmp/rlhf   # a smoke run, ~15 s of CPU
 """
 
 from __future__ import annotations
