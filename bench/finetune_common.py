@@ -3,14 +3,19 @@
 Both sides start from the same weights (the task head drawn once by plmkit and copied into the
 transformers model), see the same batches in the same order, and use the same optimizer settings (AdamW,
 no weight decay, linear decay to zero, gradient clipping at 1.0). Dropout is off on both sides so that the
-comparison measures the implementations rather than two different dropout draws. Time per optimizer step
-is measured around the training loops only (no evaluation), plmkit's loop first, then the reference's.
+comparison measures the implementations rather than two different dropout draws.
+
+Time per optimizer step is measured with the two loops interleaved step by step in one process: each time
+plmkit's loop asks for its next batch, the reference takes its own step on that batch first, so machine
+noise falls on both alike. The median per-step time of each (after the first step, which warms up) and
+their spreads (min-max) are reported.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,33 +96,65 @@ def hf_loss(model: nn.Module, task: str, batch: dict[str, torch.Tensor]) -> torc
     return model(**inputs, labels=batch["labels"]).loss
 
 
-def hf_train(
-    model: nn.Module, task: str, batches: Sequence[dict[str, torch.Tensor]], lr: float
-) -> list[float]:
-    """The plain PyTorch loop every transformers fine-tuning example writes (as Trainer does it)."""
+def hf_stepper(
+    model: nn.Module, task: str, steps: int, lr: float
+) -> Callable[[dict[str, torch.Tensor]], float]:
+    """One optimizer step of the plain PyTorch loop every transformers fine-tuning example writes (as Trainer
+    does it): forward with transformers' loss, backward, clip, AdamW, linear decay. Returns the loss."""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
-    n = len(batches)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - min(1.0, s / max(1, n - 1)))
-    losses = []
-    for batch in batches:
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - min(1.0, s / max(1, steps - 1)))
+
+    def step(batch: dict[str, torch.Tensor]) -> float:
         loss = hf_loss(model, task, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-    return losses
+        return float(loss.detach())
+
+    return step
+
+
+class InterleavedBatches(ReplayBatches):
+    """plmkit's batch source that runs the reference's step on each batch before handing it over, and
+    times both: plmkit's step is the time between two requests minus the reference step in between."""
+
+    def __init__(self, batches: Sequence[dict[str, torch.Tensor]], reference_step: Callable) -> None:
+        super().__init__(batches)
+        self.reference_step = reference_step
+        self.reference_losses: list[float] = []
+        self.reference_s: list[float] = []
+        self.plmkit_s: list[float] = []
+        self._handed_over: float | None = None
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        now = time.perf_counter()
+        if self._handed_over is not None:
+            self.plmkit_s.append(now - self._handed_over)
+        batch = super().next_batch()
+        started = time.perf_counter()
+        self.reference_losses.append(self.reference_step(batch))
+        self.reference_s.append(time.perf_counter() - started)
+        self._handed_over = time.perf_counter()
+        return batch
+
+    def finish(self) -> None:
+        """Close plmkit's last step (called right after its loop returns)."""
+        assert self._handed_over is not None
+        self.plmkit_s.append(time.perf_counter() - self._handed_over)
 
 
 @dataclass
 class SideBySide:
     plmkit_scores: dict[str, float]
     reference_scores: dict[str, float]
-    plmkit_s_per_step: float
+    plmkit_s_per_step: float  # medians over the steps after the first
     reference_s_per_step: float
     initial_logit_diff: float
+    plmkit_spread: tuple[float, float]  # min, max seconds per step
+    reference_spread: tuple[float, float]
     plmkit_losses: list[float]
     reference_losses: list[float]
 
@@ -180,21 +217,23 @@ def side_by_side(
         progress=False,
         seed=cfg.seed,
     )
-    start = time.perf_counter()
-    result = train(ours, task.step, ReplayBatches(batches), train_cfg)
-    ours_s = (time.perf_counter() - start) / steps
-    start = time.perf_counter()
-    reference_losses = hf_train(reference, task_name, batches, cfg.train.lr)
-    reference_s = (time.perf_counter() - start) / steps
+    interleaved = InterleavedBatches(batches, hf_stepper(reference, task_name, steps, cfg.train.lr))
+    result = train(ours, task.step, interleaved, train_cfg)
+    interleaved.finish()
+    ours_times = interleaved.plmkit_s[1:] or interleaved.plmkit_s  # the first step warms up
+    reference_times = interleaved.reference_s[1:] or interleaved.reference_s
+    reference_losses = interleaved.reference_losses
 
     ours_scores = task.evaluate(ours, tokenizer, eval_records, labels, d)
     reference_scores = task.evaluate(adapter, tokenizer, eval_records, labels, d)
     return SideBySide(
         ours_scores,
         reference_scores,
-        ours_s,
-        reference_s,
+        statistics.median(ours_times),
+        statistics.median(reference_times),
         float(diff),
+        (min(ours_times), max(ours_times)),
+        (min(reference_times), max(reference_times)),
         [row["loss"] for row in result.history],
         reference_losses,
     )
@@ -207,9 +246,11 @@ def report(title: str, result: SideBySide, metrics: Sequence[str], scale: float 
         ours, ref = result.plmkit_scores[m], result.reference_scores[m]
         lines.append(f"{m:<22}{ours * scale:>10.2f}{ref * scale:>14.2f}{(ours - ref) * scale:>+14.2f}")
     lines.append(
-        f"{'s / step':<22}{result.plmkit_s_per_step:>10.3f}{result.reference_s_per_step:>14.3f}"
+        f"{'s / step (median)':<22}{result.plmkit_s_per_step:>10.3f}{result.reference_s_per_step:>14.3f}"
         f"{result.reference_s_per_step / result.plmkit_s_per_step:>13.2f}x"
     )
+    (a, b), (c, d) = result.plmkit_spread, result.reference_spread
+    lines.append(f"{'s / step (min-max)':<22}{a:>5.3f}-{b:<5.3f}{c:>8.3f}-{d:<5.3f}  (steps interleaved)")
     lines.append(
         f"{'first / last loss':<22}{result.plmkit_losses[0]:>5.3f}/{result.plmkit_losses[-1]:<5.3f}"
         f"{result.reference_losses[0]:>8.3f}/{result.reference_losses[-1]:<5.3f}"

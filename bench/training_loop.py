@@ -91,7 +91,9 @@ def loop_throughput(steps: int = 8, repeats: int = 3) -> list[BenchResult]:
     for _ in range(repeats):
         ours.append(tokens / _plmkit_seconds(copy.deepcopy(base), windows, steps))
         ref.append(tokens / _trainer_seconds(copy.deepcopy(base), windows, steps))
-    note = f"GPT-2 {LAYERS}x{WIDTH}, {steps} steps of {GRAD_ACCUM}x{MICRO_BATCH}x{CONTEXT} tokens, CPU fp32"
+    note = (f"GPT-2 {LAYERS}x{WIDTH}, {steps} steps of {GRAD_ACCUM}x{MICRO_BATCH}x{CONTEXT} tokens, "
+            f"CPU fp32; runs alternated, {repeats} each; min-max plmkit {min(ours):,.0f}-{max(ours):,.0f}, "
+            f"transformers {min(ref):,.0f}-{max(ref):,.0f}")
     return [
         BenchResult(
             "training_loop", "train() vs Trainer.train()", statistics.median(ours), statistics.median(ref),
