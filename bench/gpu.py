@@ -125,9 +125,11 @@ class Runtime:
 
     @contextlib.contextmanager
     def default_compile_backend(self):
-        """plmkit's generate(compile=True) calls torch.compile itself; route it to this run's backend."""
+        """plmkit's generate(compile=True) calls torch.compile itself; give it this run's backend and, on a
+        GPU, the CUDA graphs transformers' static cache gets (mode reduce-overhead), so both decode alike."""
         real = torch.compile
-        torch.compile = functools.partial(real, backend=self.backend)  # type: ignore[assignment]
+        mode = {"mode": "reduce-overhead"} if self.cuda else {}
+        torch.compile = functools.partial(real, backend=self.backend, **mode)  # type: ignore[assignment]
         try:
             yield
         finally:
