@@ -4,7 +4,9 @@ Cases (each alternates the candidates step by step in one process, several repea
 spread min-max are printed, with the ratio to transformers' eager figure):
 
     gpt2_train    GPT-2 124M, batch 16 x 1024, bf16 autocast, forward + loss + backward + AdamW:
-                  eager and torch.compile; tokens/s, MFU, peak memory of the step
+                  eager and torch.compile; tokens/s, MFU, peak memory of the step. plmkit's loss is the
+                  pretrain recipe's (`model_lm_loss`): eager it is the fused chunked head + loss; through
+                  a compiled module it falls back to logits + cross-entropy, which inductor fuses
     bert_mlm      BERT-base masked LM, batch 32 x 512 (15% masked), the same measurements
     decode_b1     batch 1, a 128-token prompt, 256 new greedy tokens, bf16 weights: eager generate, and
                   the static KV cache under torch.compile (CUDA graphs: mode reduce-overhead) for both
