@@ -110,10 +110,16 @@ def test_loss_gradients_and_metrics_match_trl(family, margin, center, tmp_path):
     assert grads_match(ours, hf, pairs) < TOL
 
 
-@pytest.mark.parametrize("family", ["gpt2", "bert"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
 def test_saved_reward_model_loads_in_transformers_with_the_same_scores(family, tmp_path):
     if family == "gpt2":
         backbone = tiny_decoder()
+    elif family == "llama":
+        from plmkit.models.llama import LlamaConfig, LlamaModel
+
+        torch.manual_seed(0)
+        backbone = LlamaModel(LlamaConfig(vocab_size=VOCAB, max_positions=64, d_model=32, num_layers=2,
+                                          num_heads=4, num_kv_heads=2, d_ff=48))
     else:
         backbone = load_bert_backbone(tmp_path)
     model = reward_model(backbone, dropout=0.0).eval()

@@ -23,7 +23,7 @@ from torch import nn
 
 from plmkit.errors import CheckpointError, ConfigError
 from plmkit.interop.convert import KeyMap, load_checked
-from plmkit.models.heads import TaskModel
+from plmkit.models.heads import ScalarHead, TaskModel
 from plmkit.models.layers import ROPE_TYPES, RopeScaling
 from plmkit.models.llama import LlamaConfig, LlamaModel, llama_lm
 
@@ -191,10 +191,30 @@ def convert_state(
     return converted, origin
 
 
+def is_scalar(hf_config: dict) -> bool:
+    """A `...ForSequenceClassification` with one label: a reward model (`score`, read at the last token)."""
+    archs = hf_config.get("architectures") or []
+    if not (archs and archs[0].endswith("ForSequenceClassification")):
+        return False
+    if int(hf_config.get("num_labels", len(hf_config.get("id2label") or {}) or 2)) != 1:
+        raise CheckpointError(f"config.json: {archs[0]} is read with num_labels=1 only")
+    return True
+
+
 def build_from_hf(hf_config: dict, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     cfg = config_from_hf(hf_config)
     backbone_only = is_backbone_only(hf_config)
-    model: nn.Module = LlamaModel(cfg) if backbone_only else llama_lm(cfg)
+    if is_scalar(hf_config):
+        state_dict = dict(state_dict)
+        score = state_dict.pop("score.weight", None)
+        if score is None:
+            raise CheckpointError("checkpoint is missing weight 'score.weight'")
+        model: nn.Module = TaskModel(LlamaModel(cfg), ScalarHead(cfg.d_model))
+        converted, origin = convert_state(state_dict, backbone_only=False)
+        converted["head.score.weight"], origin["head.score.weight"] = score, "score.weight"
+        load_checked(model, converted, origin)
+        return model
+    model = LlamaModel(cfg) if backbone_only else llama_lm(cfg)
     converted, origin = convert_state(state_dict, backbone_only)
     load_checked(model, converted, origin)
     return model
@@ -280,6 +300,9 @@ def export_state(model: nn.Module, key_map: KeyMap = KEY_MAP) -> dict[str, torch
     is_lm = isinstance(model, TaskModel)
     out: dict[str, torch.Tensor] = {}
     for key, tensor in model.state_dict().items():
+        if key == "head.score.weight" and isinstance(model.head, ScalarHead):
+            out["score.weight"] = tensor.detach().contiguous()
+            continue
         full = key if is_lm else "backbone." + key
         if full == "head.lm_head.weight" and model.config.tie_embeddings:
             continue
@@ -291,6 +314,13 @@ def export_state(model: nn.Module, key_map: KeyMap = KEY_MAP) -> dict[str, torch
 
 
 def export_to_hf(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    if isinstance(model, TaskModel) and isinstance(model.head, ScalarHead):
+        if model.head.score.bias is not None:
+            raise CheckpointError("a ScalarHead with a bias has no ...ForSequenceClassification layout")
+        hf = hf_config_of(model.config, is_lm=False)
+        hf["architectures"] = [ARCHITECTURE[model.config.model_type] + "ForSequenceClassification"]
+        hf.update(num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+        return hf, export_state(model)
     return hf_config_of(model.config, isinstance(model, TaskModel)), export_state(model)
 
 
