@@ -197,7 +197,7 @@ def side_by_side(
     adapter = HFAdapter(reference, task_name)
     ours.eval()
     adapter.eval()
-    from plmkit.recipes.finetune import forward
+    from plmkit.evaluation.heldout import forward
 
     with torch.no_grad():
         diff = (

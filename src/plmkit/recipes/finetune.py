@@ -25,13 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from plmkit import text2text as t2t
 from plmkit.data.records import LabeledText, QAExample, TaggedTokens
 from plmkit.data.tasks import (
-    IGNORE_INDEX,
     collate,
     encode_classification,
     encode_qa,
@@ -42,7 +40,6 @@ from plmkit.evaluation.heldout import (  # the scoring `plmkit eval` runs on any
     evaluate_classification,
     evaluate_qa,
     evaluate_tagging,
-    forward,
     read_classification,
     read_qa,
     read_tagging,
@@ -52,6 +49,7 @@ from plmkit.models.heads import SequenceClassificationHead, SpanHead, TaskModel,
 from plmkit.peft import PeftOptions
 from plmkit.training import StepOutput, TrainConfig, distributed, train
 from plmkit.training.runtime import DEVICE_HELP
+from plmkit.training.steps import classification_step, span_step, tagging_step
 
 
 @dataclass
@@ -145,32 +143,6 @@ def token_head(backbone: nn.Module, num_labels: int, cfg: Config) -> nn.Module:
 
 def span_head(backbone: nn.Module, num_labels: int, cfg: Config) -> nn.Module:
     return SpanHead(backbone.config.d_model)
-
-
-# ---- model inputs and losses ---------------------------------------------------------------------------
-
-
-def classification_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-    logits = forward(model, batch)  # (B, C)
-    loss_sum = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
-    return StepOutput(loss_sum=loss_sum, num_targets=batch["labels"].numel())
-
-
-def tagging_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-    logits = forward(model, batch)  # (B, T, C)
-    labels = batch["labels"]
-    loss_sum = F.cross_entropy(
-        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    return StepOutput(loss_sum=loss_sum, num_targets=int((labels != IGNORE_INDEX).sum()))
-
-
-def span_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-    out = forward(model, batch)
-    # (start CE + end CE) / 2 per window, as BERT's SQuAD fine-tuning; windows are the targets.
-    start = F.cross_entropy(out.start_logits.float(), batch["start_positions"], reduction="sum")
-    end = F.cross_entropy(out.end_logits.float(), batch["end_positions"], reduction="sum")
-    return StepOutput(loss_sum=(start + end) / 2, num_targets=batch["start_positions"].numel())
 
 
 # ---- reading and encoding ------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from plmkit.objectives.fused_ce import model_lm_loss
 from plmkit.training import StepOutput, TrainConfig, step_generator, train
 from plmkit.training.distributed import all_reduce_sum, full_model, init_distributed, main_first, on_main
 from plmkit.training.runtime import DEVICE_HELP
+from plmkit.training.steps import clm_step
 
 
 @dataclass
@@ -142,12 +143,6 @@ MODELS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
     "t5": t2t.build_t5,
     "bart": t2t.build_bart,
 }
-
-
-def clm_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-    # The head's projection and the loss fused, a chunk of tokens at a time: no (B, T, V) logits.
-    loss_sum, n = model_lm_loss(model, batch["labels"], batch["input_ids"], batch.get("attention_mask"))
-    return StepOutput(loss_sum=loss_sum, num_targets=n)
 
 
 def make_clm(tokenizer: Any, seed: int) -> Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]:

@@ -31,6 +31,7 @@ from plmkit.objectives.fused_ce import model_lm_loss
 from plmkit.objectives.mlm import MaskingConfig, mask_tokens, mlm_loss
 from plmkit.recipes.pretrain import make_mlm
 from plmkit.training import StepOutput, TrainConfig, step_generator, train
+from plmkit.training.steps import classification_step, clm_step  # what the recipes train with
 from plmkit.world import World, make_task
 
 # Label words of the in-context learning episodes: each episode uses one pair, so only demonstrations
@@ -168,11 +169,6 @@ def pack(tokenizer: Tokenizer, documents: Sequence[str], block: int) -> list[tor
 def collate_windows(windows: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     x = torch.stack(windows)
     return {"input_ids": x[:, :-1], "labels": x[:, 1:]}
-
-
-def clm_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-    loss_sum, n = model_lm_loss(model, batch["labels"], batch["input_ids"])  # fused head + loss
-    return StepOutput(loss_sum=loss_sum, num_targets=n)
 
 
 def train_config(ctx: Context, steps: int, lr: float, name: str, **extra: Any) -> TrainConfig:
@@ -570,12 +566,6 @@ def collate_classification(pad_id: int) -> Callable[[list[dict[str, Any]]], dict
         }
 
     return collate
-
-
-def classification_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-    logits = model(batch["input_ids"], batch["attention_mask"])  # (B, C)
-    loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum")
-    return StepOutput(loss_sum=loss, num_targets=batch["labels"].numel())
 
 
 @torch.no_grad()

@@ -28,7 +28,8 @@ from plmkit.tour.common import (
     table,
     train_config,
 )
-from plmkit.training import StepOutput, train
+from plmkit.training import train
+from plmkit.training.steps import tagging_step  # finetune --task=ner's step
 from plmkit.world import TAGS, make_task
 
 NAME = "transfer"
@@ -222,14 +223,6 @@ def collate_tagged(pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, to
         return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
     return collate
-
-
-def tagging_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-    logits = model(batch["input_ids"], batch["attention_mask"])  # (B, T, C)
-    loss = torch.nn.functional.cross_entropy(
-        logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE, reduction="sum"
-    )
-    return StepOutput(loss_sum=loss, num_targets=(batch["labels"] != IGNORE).sum())
 
 
 @torch.no_grad()
