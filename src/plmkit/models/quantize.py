@@ -77,11 +77,14 @@ class Int8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features)  # (N, I)
         if x.device.type == "cpu":
             y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16), self.weight_int8, self._unit_scale)
-            y = y.float() * self.weight_scale  # (N, O)
         else:
-            y = F.linear(x2.float(), self.weight_int8.float()) * self.weight_scale
+            y = F.linear(x2.float(), self.weight_int8.float())
+        # scale (and bias) in one op, which also promotes the bf16 product to fp32: at batch 1 each extra
+        # small op costs about as much as a block's int8 product.
         if self.bias is not None:
-            y = y + self.bias
+            y = torch.addcmul(self.bias, y, self.weight_scale)  # (N, O)
+        else:
+            y = y * self.weight_scale
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
