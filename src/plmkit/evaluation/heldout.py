@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from plmkit import text2text as t2t
 from plmkit.data.readers import read_conll, read_glue_tsv, read_records, read_squad
 from plmkit.data.records import LabeledText, QAExample, TaggedTokens
 from plmkit.data.tasks import (
@@ -30,6 +29,7 @@ from plmkit.data.tasks import (
     word_predictions,
 )
 from plmkit.errors import ConfigError
+from plmkit.evaluation import text2text as t2t
 from plmkit.metrics import accuracy, entity_scores, f1_binary, f1_macro, get_entities, squad_scores
 from plmkit.models.heads import SequenceClassificationHead, SpanHead, TokenClassificationHead
 

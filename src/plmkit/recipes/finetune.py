@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from plmkit import text2text as t2t
 from plmkit.data.records import LabeledText, QAExample, TaggedTokens
 from plmkit.data.tasks import (
     collate,
@@ -44,9 +43,11 @@ from plmkit.evaluation.heldout import (  # the scoring `plmkit eval` runs on any
     read_qa,
     read_tagging,
 )
+from plmkit.evaluation.text2text import evaluate_text2text, read_text2text
 from plmkit.io import write_json, write_text
 from plmkit.models.heads import SequenceClassificationHead, SpanHead, TaskModel, TokenClassificationHead
 from plmkit.peft import PeftOptions
+from plmkit.recipes import text2text as t2t
 from plmkit.training import StepOutput, TrainConfig, distributed, train
 from plmkit.training.runtime import DEVICE_HELP
 from plmkit.training.steps import classification_step, span_step, tagging_step
@@ -213,12 +214,12 @@ TASKS: dict[str, Task] = {
     "ner": Task(read_tagging, tagging_labels, encode_ner, token_head, tagging_step, evaluate_tagging, "f1"),
     "qa": Task(read_qa, no_labels, encode_span, span_head, span_step, evaluate_qa, "f1", max_length=384),
     "text2text": Task(
-        t2t.read_text2text,
+        read_text2text,
         t2t.no_label_set,
         t2t.encode_text2text,
         t2t.text2text_head,
         t2t.text2text_step,
-        t2t.evaluate_text2text,
+        evaluate_text2text,
         "rougeL",
         read_splits=t2t.read_mixture,
         batches=t2t.mixture_batches,

@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from plmkit import text2text as t2t
 from plmkit.errors import ConfigError, DataError
 from plmkit.models.gpt import GPT2Config, gpt2_lm
 from plmkit.models.llama import LlamaConfig, llama_lm
 from plmkit.objectives.fused_ce import model_lm_loss
+from plmkit.recipes import text2text as t2t
 from plmkit.training import StepOutput, TrainConfig, step_generator, train
 from plmkit.training.distributed import all_reduce_sum, full_model, init_distributed, main_first, on_main
 from plmkit.training.runtime import DEVICE_HELP
