@@ -101,8 +101,9 @@ def main() -> None:
         agree = total = 0
         for prompt in preset["prompts"]:
             ids = [tok.encode(prompt, add_special_tokens=False)]
-            a = plmkit.generate(fp32, ids, max_new_tokens=args.new_tokens)[0].tolist()
-            b = plmkit.generate(int8, ids, max_new_tokens=args.new_tokens)[0].tolist()
+            # Past the context window both continue on the last window of tokens, as `plmkit generate` does.
+            a = plmkit.generate(fp32, ids, max_new_tokens=args.new_tokens, sliding_window=True)[0].tolist()
+            b = plmkit.generate(int8, ids, max_new_tokens=args.new_tokens, sliding_window=True)[0].tolist()
             same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
             agree, total = agree + same, total + len(a)
             print(f"--- prompt {prompt!r}: identical for the first {same} of {len(a)} tokens")
