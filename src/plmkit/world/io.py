@@ -7,27 +7,13 @@ blank line between sentences); qa -> SQuAD v1.1 JSON; every task -> JSONL as wel
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from plmkit.io import write_text
 from plmkit.world.core import World
 from plmkit.world.tasks import GENERATORS, SPLITS, make_task
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write to a temp file beside `path`, then rename, so an interrupted run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def to_jsonl(records: Iterable[dict[str, Any]]) -> str:
@@ -76,14 +62,14 @@ def write_world(
     written: dict[str, list[str]] = {}
     corpus = out / "corpus.txt"
     # Paragraphs separated by blank lines: the tokenizer trainer's "blank_line" split reads them back.
-    _atomic_write(corpus, "\n\n".join(world.corpus(corpus_paragraphs)) + "\n")
+    write_text(corpus, "\n\n".join(world.corpus(corpus_paragraphs)) + "\n")
     written["corpus"] = [str(corpus)]
     for task in tasks:
         files = []
         for split in SPLITS:
             records = make_task(world, task, split)
             stem = out / task / split
-            _atomic_write(stem.with_suffix(".jsonl"), to_jsonl(records))
+            write_text(stem.with_suffix(".jsonl"), to_jsonl(records))
             files.append(str(stem.with_suffix(".jsonl")))
             extra = {
                 "sentiment": (".tsv", to_tsv),
@@ -91,7 +77,7 @@ def write_world(
                 "qa": (".json", to_squad),
             }.get(task)
             if extra:
-                _atomic_write(stem.with_suffix(extra[0]), extra[1](records))
+                write_text(stem.with_suffix(extra[0]), extra[1](records))
                 files.append(str(stem.with_suffix(extra[0])))
         written[task] = files
     return written
