@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from plmkit.errors import CheckpointError, ConfigError
@@ -25,7 +25,7 @@ from plmkit.interop import bert as bert_interop
 from plmkit.interop import gemma2 as gemma2_interop
 from plmkit.interop import gpt2 as gpt2_interop
 from plmkit.interop import llama as llama_interop
-from plmkit.io import atomic_dir
+from plmkit.io import atomic_dir, read_safetensors
 from plmkit.models.heads import TaskModel
 from plmkit.peft import REGISTRY_ATTR, LoRAConfig, LoRALinear, apply_lora, core
 
@@ -192,10 +192,7 @@ def import_peft_lora(model: nn.Module, path: str | os.PathLike, name: str = "def
             raise CheckpointError(f"{cfg_file}: {key}={cfg.get(key)!r} is not supported")
     if not weights.is_file():
         raise CheckpointError(f"{path}: no {WEIGHTS_FILE}")
-    try:
-        state = load_file(str(weights))
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types on a corrupt file
-        raise CheckpointError(f"{weights}: cannot read safetensors ({e})") from None
+    state, _ = read_safetensors(weights)
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
         m = re.match(r"^(?:base_model\.model\.)?(.+)\.(lora_A|lora_B)(?:\.[^.]+)?\.weight$", key)

@@ -19,11 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from plmkit.errors import CheckpointError, ConfigError, TrainingError
-from plmkit.io import atomic_dir
+from plmkit.io import atomic_dir, read_safetensors
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -402,10 +402,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[str, dict, dict[str, torch.Te
             raise CheckpointError(f"{cfg_file}: missing key {key!r}")
     if not weights.is_file():
         raise CheckpointError(f"{path}: no {ADAPTER_WEIGHTS}")
-    try:
-        state = load_file(str(weights))
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types on a corrupt file
-        raise CheckpointError(f"{weights}: cannot read safetensors ({e})") from None
+    state, _ = read_safetensors(weights)
     return meta["method"], meta["config"], state
 
 
