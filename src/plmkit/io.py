@@ -14,7 +14,7 @@ directories in one step; elsewhere the old directory is first renamed aside (`.<
 later `atomic_dir` on the same target puts it back if the process died between the two renames.
 
 Reading is here too: `read_safetensors` is the one reader of a safetensors file that turns a missing or
-corrupt file into a CheckpointError naming it (Hugging Face checkpoints and training checkpoints alike).
+corrupt file into a CheckpointError naming it (Hugging Face checkpoints, training checkpoints, adapters).
 
 It imports only the standard library and `plmkit.errors` (safetensors when a file is read), so every
 layer (models, interop, peft, training) may import it.
