@@ -166,10 +166,10 @@ def test_comparison_prompt_equals_golden_string(constitution):
     )
 
 
-def test_comparison_prompt_reproduces_the_released_hhh_comparisons(shared_data):
+def test_comparison_prompt_reproduces_the_released_hhh_comparisons():
     """The paper's 438 HHH comparison questions were written in this layout: rebuilding each from its own
     conversation, principle and responses gives the released prompt character for character."""
-    path = shared_data / "constitutional_ai" / "evals" / "438HHHEvaluations.jsonl"
+    path = require_data("constitutional_ai", "evals", "438HHHEvaluations.jsonl")
     layout = re.compile(
         r"\n\nConsider the following conversation between a human and "
         r"an assistant:\n\n(.*)\n\n(\n.*?Options:)"

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from shared_paths import require_data
 from tiny_alignment import EOS, PAD, hf_gpt2, hf_tokenizer, max_grad_difference, plmkit_twin
 
 from plmkit.alignment.grpo import (
@@ -321,14 +322,14 @@ def test_bad_settings_are_one_line_errors():
 # ------------------------------------------------------------------------------------------ the command
 
 
-def test_gsm8k_reference_solutions_earn_both_rewards(shared_data):
+def test_gsm8k_reference_solutions_earn_both_rewards():
     """On the real GSM8K rows, each reference solution scores 1 under the answer and the format rewards, and a
     solution with its final number changed scores 0 for the answer."""
     import json
 
     from plmkit.recipes.grpo import Config, read_problems
 
-    path = shared_data / "gsm8k" / "train.jsonl"
+    path = require_data("gsm8k", "train.jsonl")
     template = "Question: {prompt}\\nAnswer:"  # as a shell passes it: a backslash and an n
     cfg = Config(
         policy="unused",

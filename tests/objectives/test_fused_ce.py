@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from shared_paths import require_data
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from plmkit.errors import ConfigError
@@ -274,13 +275,13 @@ def test_unknown_head_falls_back_to_logits():
     rel_close(a.detach(), b.detach())
 
 
-def test_real_batch_from_tiny_shakespeare(shared_data):
+def test_real_batch_from_tiny_shakespeare():
     from plmkit.data.tokenizer import load_tokenizer
     from plmkit.models.gpt import GPT2Config, gpt2_lm
     from plmkit.objectives.clm import clm_labels
 
-    tok = load_tokenizer(shared_data / "tokenizers" / "gpt2")
-    lines = (shared_data / "tiny_shakespeare" / "input.txt").read_text(encoding="utf-8").splitlines()
+    tok = load_tokenizer(require_data("tokenizers", "gpt2"))
+    lines = require_data("tiny_shakespeare", "input.txt").read_text(encoding="utf-8").splitlines()
     rows = [tok.encode(line, add_special_tokens=False)[:24] for line in lines[:40] if line.strip()][:6]
     width = max(len(r) for r in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
