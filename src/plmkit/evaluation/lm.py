@@ -97,8 +97,9 @@ def loglikelihoods(
 ) -> list[Scored]:
     """Score (context ids, continuation ids) requests; results in request order.
 
-    `batch_size` bounds the continuation rows of one forward pass. Requests with identical contexts
-    share one context pass (the KV cache is copied per continuation), and a token prefix that every
+    `batch_size` is the number of contexts in one forward pass (lm-eval's batches also count a
+    context once for all its one-token continuations). Requests with identical contexts share one
+    context pass (the KV cache is copied per continuation), and a token prefix that every
     context starts with (fixed demonstrations, a description) runs once for the whole call.
     """
     max_length = context_window(model)
@@ -117,10 +118,8 @@ def loglikelihoods(
         shared = _shared_prefix(model, [ctx for ctx, _ in order], order, device, dtype)
         start = 0
         while start < len(order):
-            rows, end = 0, start
-            while end < len(order) and (end == start or rows + len(order[end][1]) <= batch_size):
-                rows += len(order[end][1])
-                end += 1
+            end = min(start + batch_size, len(order))
+            rows = sum(len(members) for _, members in order[start:end])
             for i, scored in _score_batch(model, order[start:end], device, dtype, shared):
                 results[i] = scored
             if progress is not None:
@@ -163,7 +162,8 @@ def _shared_prefix(
         n = min(n, next((i for i, (a, b) in enumerate(zip(first, ctx)) if a != b), n))
     if n < MIN_SHARED_PREFIX:
         return None
-    size = max(len(ctx) + max(len(c) for _, c in members) - 1 for ctx, members in order)
+    # A batch pads every context to its longest and every continuation to its longest.
+    size = max(len(ctx) for ctx in contexts) + max(len(c) for _, ms in order for _, c in ms) - 1
     cache = KVCache.for_model(model.config, 1, size, dtype, device)
     ids = torch.tensor([first[:n]], device=device)
     _forward_hidden(model, ids, torch.ones_like(ids), cache)
