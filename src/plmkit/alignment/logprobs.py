@@ -69,7 +69,9 @@ def scored_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
         hidden = inner.backbone(input_ids=input_ids, attention_mask=attention_mask)  # (B, T, D)
         logits = inner.head(hidden[predict_from])  # (N, V)
     else:
-        logits = _logits(model, input_ids, attention_mask)[predict_from]  # (N, V)
+        # Prompt tuning prepends virtual tokens to the outputs: keep the positions of the real ones.
+        logits = _logits(model, input_ids, attention_mask)[:, -input_ids.shape[1]:]
+        logits = logits[predict_from]  # (N, V)
     out[scored] = gather_logprobs(logits, input_ids[scored])
     return out
 
