@@ -128,3 +128,24 @@ def test_generate_recipe_quantize_option_and_saved_export(tmp_path, capsys):
     assert "ROMEO:" in from_option and from_option == from_export  # same int8 weights, same greedy text
     assert cli.main(["generate", f"--model={tmp_path / 'hf'}", "--quantize=int3", *args]) != 0
     assert "int3" in capsys.readouterr().err
+
+
+def test_eval_recipe_perplexity_with_int8_is_close_to_fp32(tmp_path, capsys):
+    from plmkit import cli
+    from plmkit.data.tokenizer import CharTokenizer
+
+    text = "ROMEO: but soft what light through yonder window breaks\n" * 4
+    tok = CharTokenizer(sorted(set(text)))
+    torch.manual_seed(0)
+    model = gpt2_lm(GPT2Config(vocab_size=tok.vocab_size, max_positions=32, d_model=16, num_layers=1,
+                               num_heads=2))
+    plmkit.save_hf(model, tmp_path / "hf", tokenizer=tok)
+    (tmp_path / "val.txt").write_text(text)
+    reports = []
+    for extra in ([], ["--quantize=int8"]):
+        assert cli.main(["eval", f"--model={tmp_path / 'hf'}", f"--perplexity={tmp_path / 'val.txt'}",
+                         "--seq_len=16", *extra]) == 0
+        out = capsys.readouterr().out
+        reports.append(json.loads(out[out.index("{"):]))
+    fp32, int8 = (r["perplexity"] for r in reports)
+    assert fp32 != int8 and abs(int8 / fp32 - 1) < 0.01

@@ -8,6 +8,8 @@ Three modes, one per run:
     plmkit eval --model=runs/gpt/hf --tasks=sst2_4shot,hhh --data_dir=../shared/data --log_samples=s.jsonl
     # perplexity of a text file (causal LMs only)
     plmkit eval --model=runs/gpt/hf --perplexity=data/val.txt --seq_len=256
+    # the same with int8 weight-only linear layers (`plmkit.quantize`)
+    plmkit eval --model=runs/gpt/hf --perplexity=data/val.txt --seq_len=256 --quantize=int8
 
 `--data_dir` is the root the task files' paths are relative to ('' : $PLMKIT_DATA, else ../shared/data).
 The report is printed as JSON and, with --output, written there. Task format: docs/evaluation.md.
@@ -55,6 +57,8 @@ class Config:
     batch_size: int = field(default=8, metadata={"help": "windows or log-likelihood rows per forward pass"})
     allow_pickle: bool = field(default=False, metadata={"help": "allow a pickle .bin checkpoint (runs code)"})
     device: str = field(default="auto", metadata={"help": "where to run the model: " + DEVICE_HELP})
+    quantize: str = field(default="", metadata={
+        "help": "score with quantized weights: int8 (weight-only, per output channel) or '' (as stored)"})
 
 
 @torch.inference_mode()
@@ -87,10 +91,17 @@ def load_model(cfg: Config) -> Any:
     """The one place eval loads its checkpoint (a `plmkit.load` Pretrained). Options that change the
     loaded model before it is scored, such as quantization, belong here."""
     from plmkit.interop.hf import load
+    from plmkit.interop.quantized import is_quantized_dir, load_quantized
+    from plmkit.models.quantize import quantize
     from plmkit.training.runtime import resolve_device
 
     device = resolve_device(cfg.device)  # before loading: a bad --device fails before any work
-    pre = load(cfg.model, allow_pickle=cfg.allow_pickle)
+    if is_quantized_dir(cfg.model):  # a `plmkit.save_quantized` export
+        pre = load_quantized(cfg.model)
+    else:
+        pre = load(cfg.model, allow_pickle=cfg.allow_pickle)
+    if cfg.quantize:
+        quantize(pre.model, cfg.quantize)
     pre.model.to(device)
     return pre
 
