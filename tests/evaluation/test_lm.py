@@ -70,3 +70,13 @@ def test_rolling_windows_cover_every_token_once():
     assert windows[0][0][0] == 0
     for ctx, cont in windows:
         assert len(ctx) + len(cont) - 1 <= 64 + 1 and ctx
+
+
+def test_one_batch_of_long_contexts_and_long_continuations(model):
+    # The longest context and the longest continuation belong to different examples of one batch.
+    prefix = list(range(20, 60))
+    reqs = [(prefix + list(range(100, 160)), [5]), (prefix + [70], list(range(200, 212))),
+            (prefix + [71], [6])]
+    got = lm.loglikelihoods(model, reqs, batch_size=8)
+    for (ctx, cont), scored in zip(reqs, got):
+        assert scored.logprob == pytest.approx(alone(model, ctx, cont)[0], abs=1e-4)
