@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from shared_paths import require_data
-from tiny_alignment import EOS, PAD, plmkit_tokenizer
+from tiny_alignment import EOS, PAD, plmkit_tokenizer, rust_tokenizer
 
 from plmkit.alignment.records import (
     collate_preferences,
@@ -21,7 +21,9 @@ from plmkit.alignment.records import (
 )
 from plmkit.data.readers import read_records
 from plmkit.data.records import PreferencePair, PromptCompletion
+from plmkit.data.tokenizer import Tokenizer
 from plmkit.errors import DataError, TokenizerError
+from plmkit.recipes.sft import chat_template
 
 
 def write(path, rows):
@@ -146,3 +148,22 @@ def test_bad_input_gets_one_line_errors(tmp_path):
     bad_messages = write(tmp_path / "m.jsonl", [{"messages": [{"role": "user", "content": "q"}]}])
     with pytest.raises(DataError, match=rf"^{bad_messages}:1: the last message must be the assistant's"):
         read_prompt_responses(bad_messages)
+
+
+def test_a_checkpoint_chat_template_renders_prompts_with_the_tokenizers_special_tokens(tmp_path):
+    """The recipes render `messages` with the checkpoint's template and its BOS/EOS texts; the rendered
+    prompt already holds the BOS, so it is encoded without adding special tokens again."""
+    (tmp_path / "chat_template.jinja").write_text(
+        "{{ bos_token }}{% for m in messages %}w{{ m.content }} {% endfor %}"
+        "{% if add_generation_prompt %}w90{% endif %}"
+    )
+    tok = Tokenizer(rust_tokenizer(), {"bos": "w93", "eos": "<eos>", "pad": "<pad>"})
+    template, render = chat_template(str(tmp_path), True, tok)
+    assert render == {"bos_token": "w93", "eos_token": "<eos>"}
+    path = write(tmp_path / "s.jsonl", [{"messages": [{"role": "user", "content": "1"},
+                                                      {"role": "assistant", "content": "w5"}]}])
+    records = read_prompt_responses(path, template, **render)
+    assert records == [PromptCompletion("w93w1 w90", "w5")]
+    row = tokenize_prompt_response(tok, records[0].prompt, records[0].completion, 16, special_tokens=False)
+    assert row["input_ids"] == tok.encode("w93w1 w90", add_special_tokens=False) + [5, EOS]
+    assert chat_template(str(tmp_path), False, tok)[0] is None

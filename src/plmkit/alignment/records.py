@@ -192,10 +192,16 @@ def tokenize_prompt_response(
     max_length: int,
     max_prompt_length: int | None = None,
     where: str = "record",
+    *,
+    special_tokens: bool = True,
 ) -> dict[str, list[int]]:
-    """{"input_ids", "response_mask"} of prompt + response + EOS (see the module docstring)."""
+    """{"input_ids", "response_mask"} of prompt + response + EOS (see the module docstring).
+
+    `special_tokens=False` for a prompt rendered by a chat template, which writes its own BOS (as
+    transformers' `apply_chat_template(tokenize=True)` does not add a second one).
+    """
     eos = require_eos(tokenizer)
-    prompt_ids = tokenizer.encode(prompt, add_special_tokens=True)
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=special_tokens)
     if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
         prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length:]
     if len(prompt_ids) >= max_length:
@@ -214,19 +220,26 @@ def tokenize_prompt_response(
 
 
 def encode_prompt_responses(
-    tokenizer: Any, records: Sequence[PromptCompletion], max_length: int, max_prompt_length: int | None = None
+    tokenizer: Any,
+    records: Sequence[PromptCompletion],
+    max_length: int,
+    max_prompt_length: int | None = None,
+    *,
+    special_tokens: bool = True,
 ) -> list[dict[str, list[int]]]:
     """SFT rows {"input_ids", "response_mask"}, one per record."""
     return [
         tokenize_prompt_response(
-            tokenizer, r.prompt, r.completion, max_length, max_prompt_length, f"record {i}"
+            tokenizer, r.prompt, r.completion, max_length, max_prompt_length, f"record {i}",
+            special_tokens=special_tokens,
         )
         for i, r in enumerate(records)
     ]
 
 
 def encode_preferences(
-    tokenizer: Any, pairs: Sequence[PreferencePair], max_length: int, max_prompt_length: int | None = None
+    tokenizer: Any, pairs: Sequence[PreferencePair], max_length: int, max_prompt_length: int | None = None,
+    *, special_tokens: bool = True,
 ) -> list[dict[str, Any]]:
     """Preference rows {"chosen_input_ids", "chosen_response_mask", "rejected_...", "p_chosen"} per pair."""
     rows = []
@@ -234,7 +247,8 @@ def encode_preferences(
         where = f"pair {i}"
         _check_pair(pair, where)
         chosen, rejected = (
-            tokenize_prompt_response(tokenizer, pair.prompt, response, max_length, max_prompt_length, where)
+            tokenize_prompt_response(tokenizer, pair.prompt, response, max_length, max_prompt_length, where,
+                                     special_tokens=special_tokens)
             for response in (pair.chosen, pair.rejected)
         )
         rows.append({

@@ -145,6 +145,8 @@ def encode_reward_pairs(
     max_length: int,
     causal: bool,
     max_prompt_length: int | None = None,
+    *,
+    special_tokens: bool = True,
 ) -> list[dict[str, Any]]:
     """Token rows for reward training: {"chosen_input_ids", "rejected_input_ids", "p_chosen"} (+ masks).
 
@@ -155,7 +157,8 @@ def encode_reward_pairs(
     from plmkit.alignment.records import encode_preferences
 
     if causal:
-        return encode_preferences(tokenizer, pairs, max_length, max_prompt_length)
+        return encode_preferences(tokenizer, pairs, max_length, max_prompt_length,
+                                  special_tokens=special_tokens)
     rows = []
     for i, pair in enumerate(pairs):
         if pair.chosen == pair.rejected:

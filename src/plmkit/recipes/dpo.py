@@ -154,12 +154,15 @@ def run(cfg: Config) -> dict:
     info = distributed.init_distributed(cfg.device)
     pretrained = load(cfg.pretrained)
     tokenizer = pretrained.require_tokenizer()
-    template = chat_template(cfg.pretrained, d.chat_template)
+    template, render = chat_template(cfg.pretrained, d.chat_template, tokenizer)
     max_prompt = d.max_prompt_length or None
-    train_rows = encode_preferences(tokenizer, limit(read_preferences(d.train_file, template),
-                                                     d.max_train_examples), d.max_length, max_prompt)
-    eval_rows = encode_preferences(tokenizer, read_preferences(d.eval_file, template), d.max_length,
-                                   max_prompt) if d.eval_file else []
+
+    def rows_of(path: str, n: int = 0) -> list[dict]:
+        pairs = limit(read_preferences(path, template, **render), n)
+        return encode_preferences(tokenizer, pairs, d.max_length, max_prompt, special_tokens=template is None)
+
+    train_rows = rows_of(d.train_file, d.max_train_examples)
+    eval_rows = rows_of(d.eval_file) if d.eval_file else []
     pad = pad_id(tokenizer)
     policy = pretrained.model.to(info.device)
     reference: nn.Module | None = None

@@ -108,10 +108,10 @@ def run(cfg: Config) -> dict:
     info = distributed.init_distributed(cfg.device)
     pretrained = load(cfg.pretrained)
     tokenizer = pretrained.require_tokenizer()
-    template = chat_template(cfg.pretrained, d.chat_template)
-    pairs = read_preferences(d.train_file, template)
+    template, render = chat_template(cfg.pretrained, d.chat_template, tokenizer)
+    pairs = read_preferences(d.train_file, template, **render)
     if d.eval_file:
-        train_pairs, eval_pairs = pairs, read_preferences(d.eval_file, template)
+        train_pairs, eval_pairs = pairs, read_preferences(d.eval_file, template, **render)
     else:
         train_pairs, eval_pairs = split_pairs(pairs, d.eval_fraction, d.split_seed)
     train_pairs = limit(train_pairs, d.max_train_examples)
@@ -120,8 +120,11 @@ def run(cfg: Config) -> dict:
     model = reward_model(pretrained.model, cfg.pooling, cfg.dropout)
     causal = getattr(model.config, "model_type", "") not in ENCODER_TYPES
     max_prompt = d.max_prompt_length or None
-    train_rows = encode_reward_pairs(tokenizer, train_pairs, d.max_length, causal, max_prompt)
-    eval_rows = encode_reward_pairs(tokenizer, eval_pairs, d.max_length, causal, max_prompt)
+    special = template is None
+    train_rows = encode_reward_pairs(tokenizer, train_pairs, d.max_length, causal, max_prompt,
+                                     special_tokens=special)
+    eval_rows = encode_reward_pairs(tokenizer, eval_pairs, d.max_length, causal, max_prompt,
+                                    special_tokens=special)
     exportable = not (not causal and cfg.pooling == "mean")
     if cfg.peft.method:
         model = apply_peft(model, cfg.peft, modules_to_save=cfg.peft.modules_to_save or "head")

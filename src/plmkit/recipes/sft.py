@@ -82,10 +82,15 @@ def limit(records: list, n: int) -> list:
     return records[:n] if n > 0 else records
 
 
-def chat_template(pretrained: str, enabled: bool) -> str | None:
+def chat_template(pretrained: str, enabled: bool, tokenizer: Any) -> tuple[str | None, dict[str, str]]:
+    """The checkpoint's chat template (None: the plain Human/Assistant format) and the special-token texts
+    it is rendered with. A rendered prompt carries its own BOS, so it is encoded without special tokens."""
     from plmkit.data.chat import load_chat_template
 
-    return load_chat_template(pretrained) if enabled else None
+    template = load_chat_template(pretrained) if enabled else None
+    roles = getattr(tokenizer, "special_tokens", None) or {}
+    render = {f"{role}_token": roles.get(role, "") for role in ("bos", "eos")}
+    return template, render
 
 
 def pad_id(tokenizer: Any) -> int:
@@ -170,16 +175,16 @@ def run(cfg: Config) -> dict:
     info = distributed.init_distributed(cfg.device)
     pretrained = load(cfg.pretrained)
     tokenizer = pretrained.require_tokenizer()
-    template = chat_template(cfg.pretrained, d.chat_template)
+    template, render = chat_template(cfg.pretrained, d.chat_template, tokenizer)
     max_prompt = d.max_prompt_length or None
-    train_rows = encode_prompt_responses(
-        tokenizer, limit(read_prompt_responses(d.train_file, template), d.max_train_examples), d.max_length,
-        max_prompt,
-    )
-    eval_rows = encode_prompt_responses(
-        tokenizer, limit(read_prompt_responses(d.eval_file, template), d.max_eval_examples), d.max_length,
-        max_prompt,
-    ) if d.eval_file else []
+
+    def rows_of(path: str, n: int) -> list[dict]:
+        records = limit(read_prompt_responses(path, template, **render), n)
+        return encode_prompt_responses(tokenizer, records, d.max_length, max_prompt,
+                                       special_tokens=template is None)
+
+    train_rows = rows_of(d.train_file, d.max_train_examples)
+    eval_rows = rows_of(d.eval_file, d.max_eval_examples) if d.eval_file else []
     if d.packing:
         train_rows = pack_prompt_responses(train_rows, d.max_length)
     model = pretrained.model
