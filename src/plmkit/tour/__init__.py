@@ -28,6 +28,8 @@ EXPERIMENTS: list[str] = [
     "plmkit.tour.icl",
     "plmkit.tour.cot",
     "plmkit.tour.real_weights",
+    "plmkit.tour.rlhf",
+    "plmkit.tour.rlvr",
 ]
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from plmkit import generate
 from plmkit.data.batches import ShuffledBatches
@@ -114,7 +116,25 @@ def step_checks(record: dict, generated: str) -> tuple[int, int, int]:
     return len(pairs), operand, arithmetic
 
 
-def run(ctx: Context) -> Result:
+@dataclass
+class CotModel:
+    """The GPT experiment i trains on the word problems, with its tokenizer and training record."""
+
+    model: nn.Module
+    tok: Tokenizer
+    train_set: list[dict]
+    steps: int
+    train_seconds: float
+    losses: list[float]
+    split_numbers: list[int]
+
+
+def cot_model(ctx: Context) -> CotModel:
+    """i's chain-of-thought GPT, trained once per Context: m (GRPO) starts from the same model."""
+    return ctx.once("cot_model", lambda: _train_cot_model(ctx))
+
+
+def _train_cot_model(ctx: Context) -> CotModel:
     world = ctx.world
     train_set = make_task(world, "arithmetic", "train")
     tok = problem_tokenizer(ctx, train_set)
@@ -135,7 +155,16 @@ def run(ctx: Context) -> Result:
         ShuffledBatches(encode_problems(tok, train_set), collate_completions(tok.eos_id), BATCH, ctx.seed),
         train_config(ctx, steps, LR, "cot", progress=True),
     )
-    train_seconds = time.perf_counter() - start
+    losses = [row["loss"] for row in trained.history if "loss" in row]
+    model.eval()
+    return CotModel(model, tok, train_set, steps, time.perf_counter() - start, losses, split_numbers)
+
+
+def run(ctx: Context) -> Result:
+    world = ctx.world
+    built = cot_model(ctx)
+    model, tok, train_set, steps = built.model, built.tok, built.train_set, built.steps
+    split_numbers, train_seconds = built.split_numbers, built.train_seconds
     model.eval()
     test = [r for r in make_task(world, "arithmetic", "test") if r["steps"] >= 2][: ctx.steps(150, 50)]
     gold = [str(r["result"]) for r in test]
@@ -214,7 +243,7 @@ def run(ctx: Context) -> Result:
         scores["cot_greedy"] > scores["direct"] + 0.05
         and scores["self_consistency"] >= scores["cot_one_sample"]
     )
-    losses = [row["loss"] for row in trained.history if "loss" in row]
+    losses = built.losses
     return Result(
         NAME,
         TITLE,
