@@ -181,3 +181,28 @@ def test_refusals_are_one_line(tiny_bert, gpt2_checkpoint, tmp_path, capsys):
     # The perplexity mode still works on a causal LM.
     result = eval_recipe.run(eval_recipe.Config(model=str(gpt2_checkpoint), perplexity=str(text)))
     assert result["tokens"] > 0 and result["perplexity"] > 1
+
+
+def test_text2text_scores_and_generations(tmp_path):
+    from shared_paths import require_data
+
+    from plmkit.models.t5 import T5Config, t5_lm
+
+    tokenizer = Tokenizer.load(require_data("tokenizers", "t5"))
+    torch.manual_seed(0)
+    model = t5_lm(T5Config(vocab_size=tokenizer.vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=1,
+                           num_heads=4, dropout=0.0, feed_forward="gated-gelu"))
+    plmkit.save_hf(model, tmp_path / "t5", tokenizer=tokenizer)
+    rows = [{"src": f"reverse: {a} {b}", "tgt": f"{b} {a}"} for a, b in [("house", "tree"), ("dog", "blue")]]
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = [f"--model={tmp_path / 't5'}", "--task=text2text", f"--data.eval_file={data}",
+            "--data.text_column=src", "--data.label_column=tgt", "--data.max_length=8"]
+    scores = eval_recipe.run(parse(eval_recipe.Config, args))
+    assert scores["examples"] == 2 and {"exact_match", "bleu", "rougeL"} <= set(scores)
+    predict.run(parse(predict.Config, [*args, f"--out={tmp_path / 'p.jsonl'}"]))
+    lines = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [x["source"] for x in lines] == [r["src"] for r in rows]
+    assert [x["target"] for x in lines] == [r["tgt"] for r in rows]
+    hyps = [x["generated"] for x in lines]
+    assert scores["exact_match"] == sum(h.strip() == r["tgt"] for h, r in zip(hyps, rows)) / 2
