@@ -298,3 +298,29 @@ def test_real_batch_from_tiny_shakespeare():
         fused, ref = both(hidden, weight, None, labels, smoothing=smoothing, reduction="mean")
         for a, b in zip(fused[:3], ref[:3]):
             rel_close(a, b)
+
+
+def test_alignment_sequence_logprobs_take_the_fused_path(monkeypatch):
+    from plmkit.alignment import logprobs
+    from plmkit.alignment.logprobs import gather_logprobs, sequence_logprobs
+
+    model = tiny_models()["gpt2"].eval()
+    g = torch.Generator().manual_seed(11)
+    ids = torch.randint(0, 101, (2, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding
+    response = torch.zeros_like(ids)
+    response[:, 6:] = 1
+    calls = []
+    monkeypatch.setattr(logprobs, "linear_token_logprobs",
+                        lambda *a, **k: calls.append(1) or linear_token_logprobs(*a, **k))
+    fused = sequence_logprobs(model, ids, mask, response)
+    fused.sum().backward()
+    fused_grad = model.head.lm_head.weight.grad.clone()
+    model.zero_grad(set_to_none=True)
+    logits = model(ids, mask)  # (B, T, V)
+    ref = (gather_logprobs(logits[:, :-1], ids[:, 1:]) * response[:, 1:]).sum(-1)
+    ref.sum().backward()
+    rel_close(fused.detach(), ref.detach())
+    rel_close(fused_grad, model.head.lm_head.weight.grad)
+    assert calls == [1]

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from plmkit.errors import ConfigError
 from plmkit.models.heads import LMHead, TaskModel
+from plmkit.objectives.fused_ce import linear_token_logprobs, lm_projection
 
 
 def gather_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
@@ -67,6 +68,12 @@ def scored_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
     predict_from = F.pad(scored[:, 1:], (0, 1), value=False)  # (B, T)
     if isinstance(inner, TaskModel) and isinstance(inner.head, LMHead) and inner is model:
         hidden = inner.backbone(input_ids=input_ids, attention_mask=attention_mask)  # (B, T, D)
+        parts = lm_projection(inner)
+        if parts is not None:  # the head's product fused with the log-softmax: no (N, V) logits
+            features, weight, bias = parts
+            targets = input_ids[scored]  # (N,)
+            out[scored] = linear_token_logprobs(features(hidden[predict_from]), weight, targets, bias)
+            return out
         logits = inner.head(hidden[predict_from])  # (N, V)
     else:
         # Prompt tuning prepends virtual tokens to the outputs: keep the positions of the real ones.
