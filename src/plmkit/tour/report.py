@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from plmkit.io import write_text
 from plmkit.tour.common import Result
 
 VERDICT = {True: "supports the claim", False: "does NOT support the claim", None: "no verdict"}
@@ -98,12 +99,12 @@ def write_report(results: Sequence[Result], out: str | Path, meta: dict[str, Any
             b64 = base64.b64encode(png).decode("ascii")
             body.append(f"<img alt='{html.escape(stem)}' src='data:image/png;base64,{b64}'>")
     paths = {"md": out / "report.md", "html": out / "report.html", "json": out / "metrics.json"}
-    paths["md"].write_text("\n".join(md), encoding="utf-8")
+    write_text(paths["md"], "\n".join(md))  # atomic: a killed tour leaves the previous report whole
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>plmkit tour report</title>"
         f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
     )
-    paths["html"].write_text(page, encoding="utf-8")
+    write_text(paths["html"], page)
     metrics = {
         "meta": meta,
         "experiments": {
@@ -118,5 +119,5 @@ def write_report(results: Sequence[Result], out: str | Path, meta: dict[str, Any
             for r in results
         },
     }
-    paths["json"].write_text(json.dumps(_json_safe(metrics), indent=2), encoding="utf-8")
+    write_text(paths["json"], json.dumps(_json_safe(metrics), indent=2))
     return paths
