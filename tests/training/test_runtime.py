@@ -47,3 +47,14 @@ def test_precision_check(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     with pytest.raises(ConfigError, match="does not support bfloat16"):
         check_precision("bf16", torch.device("cuda", 0))
+
+
+def test_fsdp_without_a_process_group_is_a_clear_error() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import tiny_run
+
+    with pytest.raises(ConfigError, match="train.fsdp shards over a process group: run under torchrun"):
+        tiny_run.run("", steps=1, fsdp=True)

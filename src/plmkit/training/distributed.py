@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from plmkit.errors import TrainingError
+from plmkit.errors import ConfigError, TrainingError
 
 T = TypeVar("T")
 
@@ -47,7 +47,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
     resolved = resolve_device(device, local_rank, world_size)
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
-    if world_size > 1 and not dist.is_initialized():
+    # torchrun sets RANK even for one process: join then too, so --train.fsdp works on a single rank
+    if (world_size > 1 or "RANK" in os.environ) and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
     info = dist_info()
     return DistInfo(info.rank, info.world_size, local_rank, resolved)
@@ -104,6 +105,11 @@ def wrap_model(model: nn.Module, fsdp: bool) -> nn.Module:
     after this call. Returns the model unchanged for one process without FSDP.
     """
     if fsdp:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ConfigError(
+                "train.fsdp shards over a process group: run under torchrun "
+                "(torchrun --nproc_per_node=N -m plmkit ...), or drop --train.fsdp for one process"
+            )
         from torch.distributed.fsdp import fully_shard
 
         for layers in layer_lists(model):
