@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from plmkit.evaluation.spec import (
     render,
     target_of,
 )
+from plmkit.progress import progress_bar
 from plmkit.prompting.answers import extract_answer, self_consistency
 
 TASK_DIR = Path(__file__).parent / "tasks"
@@ -134,25 +134,6 @@ def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))
 
 
-class _Bar:
-    """A tqdm bar on a terminal, nothing elsewhere."""
-
-    def __init__(self, total: int, desc: str, show: bool):
-        self.bar = None
-        if show and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, leave=False)
-
-    def __call__(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def run_task(
     model: nn.Module,
     tokenizer: Any,
@@ -178,7 +159,7 @@ def run_task(
         )
         sampler = FewShotSampler(spec, pool, same)
         contexts = [build_context(spec, doc, sampler.sample(doc)) for doc in docs]
-    bar = _Bar(len(docs), spec.task, progress)
+    bar = progress_bar(len(docs), desc=spec.task, disable=not progress, unit="doc")
     try:
         runner = {
             "multiple_choice": _multiple_choice,
@@ -186,7 +167,7 @@ def run_task(
             "perplexity": _perplexity,
             "generate_until": _generate,
         }[spec.kind]
-        scores, samples = runner(model, tokenizer, spec, docs, contexts, batch_size, bar)
+        scores, samples = runner(model, tokenizer, spec, docs, contexts, batch_size, bar.update)
     finally:
         bar.close()
     out: dict[str, Any] = {"kind": spec.kind, "num_fewshot": spec.num_fewshot, "n": len(docs), **scores}
