@@ -72,7 +72,7 @@ def corpus(tmp_path_factory) -> tuple[Path, list[float]]:
     return tmp, _train_losses(tmp / "single")
 
 
-def _kill_at_first_checkpoint(command: list[str], out: Path) -> None:
+def _kill_at_first_checkpoint(command: list[str], out: Path, finished: Path | None = None) -> None:
     process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 240
@@ -82,7 +82,8 @@ def _kill_at_first_checkpoint(command: list[str], out: Path) -> None:
         time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)  # torchrun and both ranks
     process.wait()
-    assert not (out / "hf").exists(), "the run finished before it could be killed"
+    finished = finished if finished is not None else out / "hf"
+    assert not finished.exists(), "the run finished before it could be killed"
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
@@ -143,14 +144,14 @@ def _finetune_args(tmp: Path, out: str, ranks: int) -> list[str]:
     return [
         "--task=classification", f"--pretrained={tmp / 'bert'}", f"--out_dir={tmp / out}",
         f"--data.train_file={tmp / 'train.tsv'}", f"--data.eval_file={tmp / 'dev.tsv'}",
-        *_global_batch_8(ranks), "--data.max_length=48", "--data.eval_batch_size=6", "--train.max_steps=6",
-        "--train.lr=3e-3",
+        *_global_batch_8(ranks), "--data.max_length=48", "--data.eval_batch_size=6", "--train.max_steps=12",
+        "--train.lr=3e-3", "--train.checkpoint_every=2", "--train.keep_last=0",
         "--dropout=0.0", f"--train.out_dir={tmp / out / 'checkpoints'}", "--device=cpu",
     ]  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_finetune_two_ranks_match_one_process(classification, mode) -> None:
+def test_finetune_two_ranks_killed_and_resumed_match_one_process(classification, mode) -> None:
     tmp = classification
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -160,9 +161,11 @@ def test_finetune_two_ranks_match_one_process(classification, mode) -> None:
     finally:
         torch.set_num_threads(threads)
     args = ["finetune", *_finetune_args(tmp, mode, 2), *(["--train.fsdp"] if mode == "fsdp" else [])]
-    done = subprocess.run(_torchrun(*args), env=_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
     out = tmp / mode
+    _kill_at_first_checkpoint(_torchrun(*args), out / "checkpoints", finished=out / "model")
+    done = subprocess.run(_torchrun(*args, "--train.resume"), env=_env(), capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
     assert _train_losses(out / "checkpoints") == pytest.approx(
         _train_losses(tmp / f"single-{mode}" / "checkpoints"), rel=1e-6, abs=1e-6
     )
