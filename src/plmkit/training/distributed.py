@@ -64,7 +64,7 @@ def dist_info() -> DistInfo:
         device = torch.device("cpu")
     if not (dist.is_available() and dist.is_initialized()):
         return DistInfo(0, 1, 0, device)
-    local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    local_rank = device.index if device.type == "cuda" else dist.get_rank()
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
