@@ -112,3 +112,17 @@ def test_bad_input_is_a_one_line_error(workdir, capsys):
     assert text.strip().splitlines()[-1] == f"error: {same}:1: chosen and rejected responses are identical"
     code, text = run_cli(capsys, "reward", f"--pretrained={workdir / 'base'}", f"--data.train_file={same}")
     assert code == 2 and "--data.eval_file or --data.eval_fraction is required" in text
+
+
+def test_rows_longer_than_the_context_window_are_cut_to_it(workdir, capsys):
+    # The tiny GPT-2 has 64 positions; a longer --data.max_length used to index past the position table.
+    rows = [{"prompt": " ".join(f"w{i % 39 + 1}" for i in range(50)), "chosen": " w41 w42",
+             "rejected": " w51 w52"}] * 16
+    (workdir / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = workdir / "rm_long"
+    code, text = run_cli(capsys, "reward", f"--pretrained={workdir / 'base'}",
+                         f"--data.train_file={workdir / 'long.jsonl'}", "--data.eval_fraction=0.25",
+                         "--data.max_length=200", "--data.batch_size=4", "--train.max_steps=2",
+                         f"--out_dir={out}")
+    assert code == 0, text
+    assert "--data.max_length=200 is longer than the model's context window; rows are cut to 64" in text

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,7 @@ def run(cfg: Config) -> dict:
     from plmkit.interop.hf import load
     from plmkit.io import write_json
     from plmkit.peft import apply_peft, trainable_report
-    from plmkit.recipes.sft import chat_template, save_policy
+    from plmkit.recipes.sft import chat_template, fit_length, save_policy
     from plmkit.training import distributed, train
 
     require(cfg, "pretrained", "data.train_file")
@@ -154,6 +154,7 @@ def run(cfg: Config) -> dict:
     info = distributed.init_distributed(cfg.device)
     pretrained = load(cfg.pretrained)
     tokenizer = pretrained.require_tokenizer()
+    d = replace(d, max_length=fit_length(d.max_length, pretrained.model))
     template, render = chat_template(cfg.pretrained, d.chat_template, tokenizer)
     max_prompt = d.max_prompt_length or None
 

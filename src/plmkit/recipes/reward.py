@@ -18,7 +18,7 @@ checkpoints), `adapter/` for a PEFT run, and `reward_report.json`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,7 @@ def run(cfg: Config) -> dict:
     from plmkit.interop.hf import load
     from plmkit.io import write_json
     from plmkit.peft import apply_peft, trainable_report
-    from plmkit.recipes.sft import chat_template
+    from plmkit.recipes.sft import chat_template, fit_length
     from plmkit.training import distributed, train
 
     require(cfg, "pretrained", "data.train_file")
@@ -108,6 +108,7 @@ def run(cfg: Config) -> dict:
     info = distributed.init_distributed(cfg.device)
     pretrained = load(cfg.pretrained)
     tokenizer = pretrained.require_tokenizer()
+    d = replace(d, max_length=fit_length(d.max_length, pretrained.model))
     template, render = chat_template(cfg.pretrained, d.chat_template, tokenizer)
     pairs = read_preferences(d.train_file, template, **render)
     if d.eval_file:

@@ -19,8 +19,9 @@ loss, the evaluation loss on the response tokens).
 from __future__ import annotations
 
 import math
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,17 @@ def chat_template(pretrained: str, enabled: bool, tokenizer: Any) -> tuple[str |
     return template, render
 
 
+def fit_length(max_length: int, model: Any) -> int:
+    """`--data.max_length`, capped at the model's context window: longer rows would index past the position
+    embeddings deep inside the first forward pass (as finetune caps its lengths)."""
+    positions = getattr(getattr(model, "config", None), "max_positions", None)
+    if positions is not None and max_length > positions:
+        print(f"note: --data.max_length={max_length} is longer than the model's context window; "
+              f"rows are cut to {positions} tokens", file=sys.stderr, flush=True)
+        return positions
+    return max_length
+
+
 def pad_id(tokenizer: Any) -> int:
     """The padding id of batches: the tokenizer's pad token, else its EOS (masked out either way)."""
     from plmkit.alignment.records import require_eos
@@ -102,8 +114,6 @@ def pad_id(tokenizer: Any) -> int:
 
 def train_dir(cfg_out_dir: str, train: TrainConfig) -> TrainConfig:
     """The loop's own out_dir (metrics and checkpoints) under the recipe's, unless one is given."""
-    from dataclasses import replace
-
     if cfg_out_dir and not train.out_dir:
         return replace(train, out_dir=str(Path(cfg_out_dir) / "train"))
     return train
@@ -175,6 +185,7 @@ def run(cfg: Config) -> dict:
     info = distributed.init_distributed(cfg.device)
     pretrained = load(cfg.pretrained)
     tokenizer = pretrained.require_tokenizer()
+    d = replace(d, max_length=fit_length(d.max_length, pretrained.model))
     template, render = chat_template(cfg.pretrained, d.chat_template, tokenizer)
     max_prompt = d.max_prompt_length or None
 
