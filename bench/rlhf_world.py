@@ -268,13 +268,12 @@ def run(sizes: Sizes, seed: int, out: Path) -> dict[str, Any]:
 
 @torch.no_grad()
 def judge_and_kl(policy, sft, prompts, tok, judge_fn, rm, sample_seed: int) -> dict[str, float]:
-    from plmkit.alignment.ppo import response_logprobs, rollout, score_rollout
+    from plmkit.alignment.policy_eval import sample_with_kl
+    from plmkit.alignment.ppo import score_rollout
 
-    ids = [tok.encode(p) for p in prompts]
-    batch = rollout(policy, prompts, ids, max_new_tokens=MAX_NEW_TOKENS, eos_id=tok.eos_id, pad_id=tok.eos_id,
-                    generator=torch.Generator().manual_seed(sample_seed), tokenizer=tok)
+    batch, kl = sample_with_kl(policy, sft, prompts, tokenizer=tok, max_new_tokens=MAX_NEW_TOKENS,
+                               generator=torch.Generator().manual_seed(sample_seed))
     mask = batch.response_mask.float()
-    kl = ((response_logprobs(policy, batch) - response_logprobs(sft, batch)) * mask).sum(-1)
     return {
         **judge_parts(judge_fn(prompts, batch.responses)),
         "kl": float(kl.mean()),
