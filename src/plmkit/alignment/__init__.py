@@ -22,6 +22,7 @@ from plmkit.alignment.dpo import (
     robust_dpo_loss,
 )
 from plmkit.alignment.logprobs import gather_logprobs, sequence_logprobs, token_logprobs
+from plmkit.alignment.policy_eval import sample_with_kl
 from plmkit.alignment.ppo import (
     PPOConfig,
     gae,
@@ -87,6 +88,7 @@ __all__ = [
     "reward_model_fn",
     "reward_scores",
     "reward_step",
+    "sample_with_kl",
     "save_reward_model",
     "robust_dpo_loss",
     "sequence_logprobs",
