@@ -28,7 +28,13 @@ from torch import Tensor, nn
 from plmkit.data.records import PreferencePair
 from plmkit.errors import ConfigError, DataError
 from plmkit.io import write_json
-from plmkit.models.heads import ScalarHead, SequenceClassificationHead, TaskModel
+from plmkit.models.heads import (
+    ScalarHead,
+    SequenceClassificationHead,
+    TaskModel,
+    attach_head,
+    hf_classification_head,
+)
 
 ENCODER_TYPES = ("bert", "roberta", "albert", "distilbert")
 ENCODER_POOLINGS = ("cls", "mean")
@@ -69,9 +75,6 @@ def reward_model(backbone: nn.Module, pooling: str = "cls", dropout: float = 0.1
     Hugging Face classification layout (BERT/ALBERT: the pretrained pooler becomes the head's dense layer),
     or the masked mean of the token states with `pooling="mean"`.
     """
-    from plmkit.recipes.finetune import Config as FinetuneConfig
-    from plmkit.recipes.finetune import build_task_model, classification_head
-
     if isinstance(backbone, TaskModel):
         backbone = backbone.backbone
     model_type = getattr(backbone.config, "model_type", "")
@@ -85,12 +88,7 @@ def reward_model(backbone: nn.Module, pooling: str = "cls", dropout: float = 0.1
     if pooling == "mean":
         head = SequenceClassificationHead(backbone.config.d_model, 1, "mean", None, dropout)
         return TaskModel(backbone, head)
-    cfg = FinetuneConfig(pooling="cls", dropout=dropout)
-
-    class _Task:  # build_task_model only reads the task's head builder
-        head = staticmethod(classification_head)
-
-    return build_task_model(backbone, _Task, 1, cfg)
+    return attach_head(backbone, hf_classification_head(backbone, 1, "cls", dropout))
 
 
 def _model_inputs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, **extra: Tensor) -> Any:

@@ -12,7 +12,7 @@ Shape legend: B batch, T length, D model width, V vocabulary, C classes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -209,3 +209,47 @@ class TaskModel(nn.Module):
     ) -> torch.Tensor | SpanLogits:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **backbone_inputs)
         return self.head(hidden, attention_mask)
+
+
+def hf_classification_head(
+    backbone: nn.Module, num_labels: int, pooling: str = "cls", dropout: float = 0.1
+) -> SequenceClassificationHead:
+    """The family's Hugging Face classification layout on top of the generic head.
+
+    BERT/ALBERT classify the pooled [CLS] (dense + tanh, initialized from the checkpoint's pooler);
+    RoBERTa uses its own dense + tanh with dropout before it; DistilBERT a dense + ReLU. Other families
+    (decoders) read the last real token without a dense layer.
+    """
+    d_model = backbone.config.d_model
+    model_type = getattr(backbone.config, "model_type", "")
+    if model_type in ("bert", "albert"):
+        return SequenceClassificationHead(d_model, num_labels, pooling, "tanh", dropout)
+    if model_type == "roberta":
+        return SequenceClassificationHead(
+            d_model, num_labels, pooling, "tanh", dropout, dropout_before_dense=True
+        )
+    if model_type == "distilbert":
+        return SequenceClassificationHead(d_model, num_labels, pooling, "relu", dropout)
+    last = "last" if pooling == "cls" else pooling
+    return SequenceClassificationHead(d_model, num_labels, last, None, dropout)
+
+
+def attach_head(backbone: nn.Module, head: nn.Module) -> TaskModel:
+    """Put a freshly built head on a pretrained backbone: its linear layers drawn as the family initializes
+    them (normal(0, init_std), zero bias) from the caller's RNG, and a BERT/ALBERT pooler moved into the
+    head's `dense`, which is where Hugging Face's classifiers read it."""
+    if isinstance(backbone, TaskModel):  # a checkpoint loaded with a head: keep only its encoder
+        backbone = backbone.backbone
+    for module in head.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=getattr(backbone.config, "init_std", 0.02))
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    pooler = getattr(backbone, "pooler", None)
+    if pooler is not None:
+        # The other heads have no pooler, so a saved checkpoint carries none.
+        if isinstance(head, SequenceClassificationHead) and head.dense is not None:
+            head.dense.load_state_dict(pooler.dense.state_dict())
+        backbone.pooler = None
+        backbone.config = replace(backbone.config, add_pooler=False)
+    return TaskModel(backbone, head)

@@ -45,7 +45,13 @@ from plmkit.evaluation.heldout import (  # the scoring `plmkit eval` runs on any
 )
 from plmkit.evaluation.text2text import evaluate_text2text, read_text2text
 from plmkit.io import write_json, write_text
-from plmkit.models.heads import SequenceClassificationHead, SpanHead, TaskModel, TokenClassificationHead
+from plmkit.models.heads import (
+    SpanHead,
+    TaskModel,
+    TokenClassificationHead,
+    attach_head,
+    hf_classification_head,
+)
 from plmkit.peft import PeftOptions
 from plmkit.recipes import text2text as t2t
 from plmkit.training import StepOutput, TrainConfig, distributed, train
@@ -115,27 +121,8 @@ class Config:
 
 
 def classification_head(backbone: nn.Module, num_labels: int, cfg: Config) -> nn.Module:
-    """The family's Hugging Face classification layout on top of the generic head.
-
-    BERT/ALBERT classify the pooled [CLS] (dense + tanh, initialized from the checkpoint's pooler);
-    RoBERTa uses its own dense + tanh with dropout before it; DistilBERT a dense + ReLU. Other families
-    (decoders) read the last real token without a dense layer.
-    """
-    c = backbone.config
-    d_model = c.d_model
-    model_type = getattr(c, "model_type", "")
-    pooling = cfg.pooling
-    if model_type in ("bert", "albert"):
-        return SequenceClassificationHead(d_model, num_labels, pooling, "tanh", cfg.dropout)
-    if model_type == "roberta":
-        return SequenceClassificationHead(
-            d_model, num_labels, pooling, "tanh", cfg.dropout, dropout_before_dense=True
-        )
-    if model_type == "distilbert":
-        return SequenceClassificationHead(d_model, num_labels, pooling, "relu", cfg.dropout)
-    return SequenceClassificationHead(
-        d_model, num_labels, "last" if pooling == "cls" else pooling, None, cfg.dropout
-    )
+    """The family's Hugging Face classification layout (`plmkit.models.heads.hf_classification_head`)."""
+    return hf_classification_head(backbone, num_labels, cfg.pooling, cfg.dropout)
 
 
 def token_head(backbone: nn.Module, num_labels: int, cfg: Config) -> nn.Module:
@@ -228,25 +215,11 @@ TASKS: dict[str, Task] = {
 
 
 def build_task_model(backbone: nn.Module, task: Task, num_labels: int, cfg: Config) -> TaskModel:
-    """Put a freshly initialized task head on a pretrained backbone."""
+    """Put a freshly initialized task head on a pretrained backbone (the head drawn from `cfg.seed`)."""
     if isinstance(backbone, TaskModel):  # a checkpoint loaded with a head: keep only its encoder
         backbone = backbone.backbone
     torch.manual_seed(cfg.seed)
-    head = task.head(backbone, num_labels, cfg)
-    for module in head.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=getattr(backbone.config, "init_std", 0.02))
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-    pooler = getattr(backbone, "pooler", None)
-    if pooler is not None:
-        # Hugging Face's BERT/ALBERT classifiers read the pretrained pooler; in plmkit it is the head's
-        # `dense`. The other heads have no pooler, so a saved checkpoint carries none.
-        if isinstance(head, SequenceClassificationHead) and head.dense is not None:
-            head.dense.load_state_dict(pooler.dense.state_dict())
-        backbone.pooler = None
-        backbone.config = replace(backbone.config, add_pooler=False)
-    return TaskModel(backbone, head)
+    return attach_head(backbone, task.head(backbone, num_labels, cfg))
 
 
 def format_table(title: str, scores: dict[str, float]) -> str:

@@ -31,12 +31,11 @@ from torch import nn
 from plmkit.errors import ConfigError, DataError
 from plmkit.models.gpt import GPT2Config, gpt2_lm
 from plmkit.models.llama import LlamaConfig, llama_lm
-from plmkit.objectives.fused_ce import model_lm_loss
 from plmkit.recipes import text2text as t2t
-from plmkit.training import StepOutput, TrainConfig, step_generator, train
+from plmkit.training import StepOutput, TrainConfig, train
 from plmkit.training.distributed import all_reduce_sum, full_model, init_distributed, main_first, on_main
 from plmkit.training.runtime import DEVICE_HELP
-from plmkit.training.steps import clm_step
+from plmkit.training.steps import clm_step, make_mlm
 
 
 @dataclass
@@ -84,7 +83,6 @@ class Config:
     objective: str = field(
         default="clm", metadata={"help": "training objective", "choices": lambda: OBJECTIVES}
     )
-
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the network"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "text and tokenization"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "the training loop"})
@@ -147,47 +145,6 @@ MODELS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
 
 def make_clm(tokenizer: Any, seed: int) -> Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]:
     return clm_step
-
-
-def make_mlm(tokenizer: Any, seed: int) -> Callable[[nn.Module, dict[str, torch.Tensor]], StepOutput]:
-    """Masked LM with dynamic masking (RoBERTa): every micro-batch gets a fresh 15% / 80-10-10 mask
-    from `step_generator()`, which draws from the loop's checkpointed RNG, so resumes are exact.
-    With a pre-training head (`--nsp`/`--sop`)
-    each window is also cut into a sentence pair and the pair loss is added, scaled so that the
-    loop's division by the number of masked tokens gives mean MLM loss + mean pair loss."""
-    from plmkit.models.bert import PreTrainingHead
-    from plmkit.objectives.mlm import MaskingConfig, mask_tokens, mlm_loss
-    from plmkit.objectives.nsp import pair_loss, pairs_from_windows
-
-    if getattr(tokenizer, "mask_id", None) is None:
-        raise ConfigError("objective=mlm needs a tokenizer with a mask token ([MASK] or <mask>)")
-    roles = ("pad_id", "cls_id", "sep_id", "mask_id", "bos_id", "eos_id", "unk_id")
-    special = tuple(sorted({i for r in roles if (i := getattr(tokenizer, r, None)) is not None}))
-    masking = MaskingConfig(mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size, special_ids=special)
-    def mlm_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        ids, attention_mask = batch["input_ids"], batch.get("attention_mask")
-        generator = step_generator(ids.device)
-        head = getattr(model, "head", None)
-        extra: dict[str, torch.Tensor] = {}
-        if isinstance(head, PreTrainingHead):
-            if tokenizer.cls_id is None or tokenizer.sep_id is None:
-                raise ConfigError("--nsp/--sop need a tokenizer with [CLS] and [SEP] tokens")
-            pairs = pairs_from_windows(ids, head.pair_task, tokenizer.cls_id, tokenizer.sep_id, generator)
-            ids, extra = pairs["input_ids"], {"token_type_ids": pairs["token_type_ids"]}
-        masked, labels = mask_tokens(ids, masking, generator, attention_mask=attention_mask)
-        if extra:
-            out = model(masked, attention_mask, **extra)
-            loss_sum, n = mlm_loss(out.mlm_logits, labels)  # (B, T, V) logits beside the pair logits
-        else:  # fused head + loss over the masked positions only
-            loss_sum, n = model_lm_loss(model, labels, masked, attention_mask)
-        metrics: dict[str, float] = {}
-        if extra:
-            pair_sum, b = pair_loss(out.pair_logits, pairs["pair_labels"])
-            loss_sum = loss_sum + pair_sum * (n.clamp(min=1) / b)
-            metrics["pair_loss"] = float(pair_sum.detach()) / b
-        return StepOutput(loss_sum=loss_sum, num_targets=n, metrics=metrics)
-
-    return mlm_step
 
 
 # Objective -> factory(tokenizer, seed) -> step_fn(model, batch) -> StepOutput. A factory gets the

@@ -29,9 +29,8 @@ from plmkit.models.gpt import GPT2Config, gpt2_lm
 from plmkit.objectives.clm import causal_lm_loss
 from plmkit.objectives.fused_ce import model_lm_loss
 from plmkit.objectives.mlm import MaskingConfig, mask_tokens, mlm_loss
-from plmkit.recipes.pretrain import make_mlm
 from plmkit.training import StepOutput, TrainConfig, step_generator, train
-from plmkit.training.steps import classification_step, clm_step  # what the recipes train with
+from plmkit.training.steps import classification_step, clm_step, make_mlm  # what the recipes train with
 from plmkit.world import World, make_task
 
 # Label words of the in-context learning episodes: each episode uses one pair, so only demonstrations
@@ -384,7 +383,7 @@ def _stack_ids(rows: list[torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def pretrain_bert(ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
     """The tour's one tiny BERT: masked LM with BERT's 15% targets (80/10/10) and dynamic masks, through
-    the pretrain recipe's step (`plmkit.recipes.pretrain.make_mlm`), on the encoders' windows."""
+    the pretrain recipe's step (`plmkit.training.steps.make_mlm`), on the encoders' windows."""
     tok = ctx.wordpiece()
     s = encoder_sizes(ctx)
     train_windows, dev_windows = encoder_windows(ctx)

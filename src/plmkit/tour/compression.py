@@ -21,8 +21,6 @@ from plmkit.data.batches import ShuffledBatches
 from plmkit.models.albert import AlbertConfig, albert_mlm
 from plmkit.models.heads import SequenceClassificationHead, TaskModel
 from plmkit.objectives.distillation import DistillationWeights
-from plmkit.recipes.distill import UNLABELLED, Distiller, count_parameters, make_step, student_from_teacher
-from plmkit.recipes.pretrain import make_mlm
 from plmkit.tour.common import (
     Context,
     Result,
@@ -42,6 +40,14 @@ from plmkit.tour.common import (
     with_cls,
 )
 from plmkit.training import train
+from plmkit.training.distillation import (
+    UNLABELLED,
+    Distiller,
+    count_parameters,
+    make_step,
+    student_from_teacher,
+)
+from plmkit.training.steps import make_mlm
 from plmkit.world import make_task
 
 NAME = "compression"

@@ -19,7 +19,6 @@ from torch import nn
 from plmkit.models.bert import bert_mlm, with_pair_head
 from plmkit.models.heads import SequenceClassificationHead, TaskModel
 from plmkit.objectives.mlm import MaskingConfig, mask_tokens, mlm_loss
-from plmkit.recipes.pretrain import make_mlm
 from plmkit.tour.common import (
     Context,
     Result,
@@ -36,6 +35,7 @@ from plmkit.tour.common import (
     with_cls,
 )
 from plmkit.training import StepOutput, step_generator
+from plmkit.training.steps import make_mlm
 from plmkit.world import make_task
 
 NAME = "masking"
