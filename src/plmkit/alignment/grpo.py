@@ -57,6 +57,7 @@ from plmkit.alignment.ppo import (
     check_scores,
     kl_k3,
     masked_mean,
+    minibatch_updates,
     policy_loss,
     prompt_order,
     reference_of,
@@ -324,26 +325,14 @@ def grpo_update(
     generator: torch.Generator,
 ) -> dict[str, float]:
     """`cfg.epochs` passes over the rollout in shuffled minibatches, one optimizer step each; mean metrics."""
-    b = batch.response_ids.shape[0]
-    size = cfg.minibatch_size or b
+
+    def loss_of(index: Tensor) -> tuple[Tensor, dict[str, float]]:
+        index = index.to(advantages.device)
+        return minibatch_loss(policy, batch.rows(index), advantages[index], cfg)
+
     params = [p for p in policy.parameters() if p.requires_grad]
-    totals: dict[str, float] = {}
-    count = 0
-    for _ in range(cfg.epochs):
-        order = torch.randperm(b, generator=generator) if size < b else torch.arange(b)
-        for start in range(0, b, size):
-            index = order[start : start + size].to(advantages.device)
-            loss, metrics = minibatch_loss(policy, batch.rows(index), advantages[index], cfg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_norm > 0:
-                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm))
-            optimizer.step()
-            scheduler.step()
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + v
-            count += 1
-    return {k: v / count for k, v in totals.items()}
+    return minibatch_updates(params, optimizer, scheduler, batch.response_ids.shape[0], cfg.minibatch_size,
+                             cfg.epochs, cfg.clip_norm, generator, loss_of)
 
 
 @dataclass

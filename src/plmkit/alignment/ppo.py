@@ -589,6 +589,40 @@ def minibatch_loss(
     return pg_loss + cfg.vf_coef * vf_loss, metrics
 
 
+def minibatch_updates(
+    params: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batch_size: int,
+    minibatch_size: int,
+    epochs: int,
+    clip_norm: float,
+    generator: torch.Generator,
+    loss_of: Callable[[Tensor], tuple[Tensor, dict[str, float]]],
+) -> dict[str, float]:
+    """`epochs` passes over a rollout of `batch_size` rows in shuffled minibatches (one optimizer step each,
+    `loss_of(row_index)` giving the loss and its metrics), the PPO/GRPO update; returns the mean metrics.
+    A minibatch that holds the whole rollout is not shuffled: its loss does not depend on the order."""
+    size = minibatch_size or batch_size
+    totals: dict[str, float] = {}
+    count = 0
+    for _ in range(epochs):
+        shuffle = size < batch_size
+        order = torch.randperm(batch_size, generator=generator) if shuffle else torch.arange(batch_size)
+        for start in range(0, batch_size, size):
+            loss, metrics = loss_of(order[start : start + size])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_norm > 0:
+                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip_norm))
+            optimizer.step()
+            scheduler.step()
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v
+            count += 1
+    return {k: v / count for k, v in totals.items()}
+
+
 def ppo_update(
     actor: ActorCritic,
     optimizer: torch.optim.Optimizer,
@@ -600,25 +634,14 @@ def ppo_update(
     generator: torch.Generator,
 ) -> dict[str, float]:
     """`cfg.epochs` passes over the rollout in shuffled minibatches, one optimizer step each; mean metrics."""
-    b = batch.response_ids.shape[0]
+
+    def loss_of(index: Tensor) -> tuple[Tensor, dict[str, float]]:
+        index = index.to(advantages.device)
+        return minibatch_loss(actor, batch.rows(index), advantages[index], returns[index], cfg)
+
     params = [p for p in actor.parameters() if p.requires_grad]
-    totals: dict[str, float] = {}
-    count = 0
-    for _ in range(cfg.epochs):
-        order = torch.randperm(b, generator=generator)
-        for start in range(0, b, cfg.minibatch_size):
-            index = order[start : start + cfg.minibatch_size].to(advantages.device)
-            loss, metrics = minibatch_loss(actor, batch.rows(index), advantages[index], returns[index], cfg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_norm > 0:
-                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm))
-            optimizer.step()
-            scheduler.step()
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + v
-            count += 1
-    return {k: v / count for k, v in totals.items()}
+    return minibatch_updates(params, optimizer, scheduler, batch.response_ids.shape[0], cfg.minibatch_size,
+                             cfg.epochs, cfg.clip_norm, generator, loss_of)
 
 
 # ------------------------------------------------------------------------------------------- the driver
