@@ -38,7 +38,6 @@ from plmkit.models.layers import (
     attention,
     causal_mask,
     merge_heads,
-    positions_from_mask,
     prepend_prefix,
     repeat_kv,
     rotary_tables,
@@ -249,16 +248,11 @@ class Gemma2Model(nn.Module):
             inputs_embeds = self.embed_tokens(input_ids)  # (B, T, D), already × √D
         t = inputs_embeds.shape[1]
         cfg = self.config
-        mask, window_mask, cache_positions = window_masks(
+        mask, window_mask, positions = window_masks(
             attention_mask, t, cfg.sliding_window, inputs_embeds.device, cache
         )
         if position_ids is None:
-            position_ids = cache_positions
-        if position_ids is None:
-            if attention_mask is None:
-                position_ids = torch.arange(t, device=inputs_embeds.device)[None]
-            else:
-                position_ids = positions_from_mask(attention_mask)
+            position_ids = positions
         cos, sin = rotary_tables(  # (B, 1, T, Dh)
             position_ids, cfg.head_dim, cfg.rope_base, cfg.rope_scaling, cfg.max_positions
         )

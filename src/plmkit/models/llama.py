@@ -153,23 +153,28 @@ def layer_windows(window: int | None, layers: tuple[int, ...] | None, num_layers
 def window_masks(
     attention_mask: torch.Tensor | None, t: int, window: int | None, device: torch.device,
     cache: KVCache | None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(full mask, sliding-window mask, cache positions) for a decoder forward of T tokens.
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """(full mask, sliding-window mask, positions) for a decoder forward of T tokens.
 
     A None mask means plain causal attention (SDPA's fused kernel). Without a cache, a window at least as
-    long as the sequence never hides a key, so it takes the full mask.
+    long as the sequence never hides a key, so it takes the full mask. Positions are the cache's when
+    decoding, else counted along the padding mask (left padding), else 0..T-1.
     """
     if cache is not None:
         mask, positions = cache.begin(attention_mask, t)  # (B, 1, T, S), (B, T)
         return mask, (cache.window_mask(window) if window is not None else None), positions
+    if attention_mask is None:
+        positions = torch.arange(t, device=device)[None]  # (1, T)
+    else:
+        positions = positions_from_mask(attention_mask)  # (B, T)
     if attention_mask is not None and bool((attention_mask == 1).all()):
         attention_mask = None  # no padding: SDPA's causal kernel beats an explicit (B, 1, T, T) mask
     mask = None if attention_mask is None else causal_padding_mask(attention_mask)
     if window is None or window >= t:
-        return mask, mask, None
+        return mask, mask, positions
     if attention_mask is None:
-        return mask, sliding_window_mask(t, t, window, device=device)[None, None], None
-    return mask, causal_padding_mask(attention_mask, window), None
+        return mask, sliding_window_mask(t, t, window, device=device)[None, None], positions
+    return mask, causal_padding_mask(attention_mask, window), positions
 
 
 class LlamaAttention(nn.Module):
@@ -273,16 +278,11 @@ class LlamaModel(nn.Module):
             inputs_embeds = self.embed_tokens(input_ids)  # (B, T, D)
         t = inputs_embeds.shape[1]
         cfg = self.config
-        mask, window_mask, cache_positions = window_masks(
+        mask, window_mask, positions = window_masks(
             attention_mask, t, cfg.sliding_window, inputs_embeds.device, cache
         )
         if position_ids is None:
-            position_ids = cache_positions
-        if position_ids is None:
-            if attention_mask is None:
-                position_ids = torch.arange(t, device=inputs_embeds.device)[None]
-            else:
-                position_ids = positions_from_mask(attention_mask)
+            position_ids = positions
         cos, sin = rotary_tables(  # (B, 1, T, Dh)
             position_ids, cfg.head_dim, cfg.rope_base, cfg.rope_scaling, cfg.max_positions
         )
