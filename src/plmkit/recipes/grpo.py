@@ -21,7 +21,6 @@ continues a killed run), `model/` (a Hugging Face checkpoint; with an adapter `a
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from plmkit.alignment.grpo import GRPOConfig, answer_reward, format_reward
 from plmkit.alignment.ppo import RewardFn
 from plmkit.errors import ConfigError, DataError
 from plmkit.peft import PeftOptions
+from plmkit.recipes.ppo import finish_run
 from plmkit.training.runtime import DEVICE_HELP, resolve_device
 
 # The built-in rewards (`--rewards`): name -> builder of a reward_fn from the prompts' reference answers.
@@ -102,8 +102,7 @@ def read_problems(cfg: Config) -> tuple[list[str], dict[str, str]]:
 
 def run(cfg: Config) -> dict[str, Any]:
     from plmkit.alignment.grpo import combine_rewards, train_grpo
-    from plmkit.interop.hf import load, save_hf
-    from plmkit.io import atomic_file
+    from plmkit.interop.hf import load
 
     loaded = load(cfg.policy)
     tokenizer = loaded.require_tokenizer()
@@ -120,22 +119,5 @@ def run(cfg: Config) -> dict[str, Any]:
     grpo_cfg.out_dir = cfg.out_dir
     grpo_cfg.__post_init__()
     result = train_grpo(policy, prompts, reward, grpo_cfg, tokenizer=tokenizer)
-    out = Path(cfg.out_dir)
-    if cfg.peft.method:
-        from plmkit.peft import save_adapter
-
-        saved = save_adapter(policy, out / "adapter")
-    else:
-        saved = save_hf(policy.eval(), out / "model", tokenizer=tokenizer)
-    last = result.history[-1] if result.history else {}
-    report = {
-        "steps": result.step,
-        "prompts": len(prompts),
-        "first": result.history[0] if result.history else {},
-        "last": last,
-        "saved": str(saved),
-        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-    }
-    with atomic_file(out / "grpo_report.json") as handle:
-        handle.write(json.dumps(report, indent=1) + "\n")
-    return {"out_dir": str(out), "steps": result.step, "reward": last.get("reward"), "kl": last.get("kl")}
+    return finish_run(policy, result, len(prompts), cfg.out_dir, tokenizer, cfg.peft.method,
+                      "grpo_report.json")

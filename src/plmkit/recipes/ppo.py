@@ -21,7 +21,6 @@ value_error, response_length, ...), `step-N/` checkpoints (`--ppo.resume` contin
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,8 +105,7 @@ def run(cfg: Config) -> dict[str, Any]:
     import torch
 
     from plmkit.alignment.ppo import train_ppo
-    from plmkit.interop.hf import load, save_hf
-    from plmkit.io import atomic_file
+    from plmkit.interop.hf import load
     from plmkit.models.heads import ScalarHead, TaskModel
 
     loaded = load(cfg.policy)
@@ -143,22 +141,32 @@ def run(cfg: Config) -> dict[str, Any]:
         policy, prompts, reward, ppo_cfg, tokenizer=tokenizer, critic=critic,
         reward_tokenizer=reward_tokenizer,
     )
-    out = Path(cfg.out_dir)
-    if cfg.peft.method:
+    return finish_run(policy, result, len(prompts), cfg.out_dir, tokenizer, cfg.peft.method,
+                      "ppo_report.json")
+
+
+def finish_run(
+    policy: Any, result: Any, num_prompts: int, out_dir: str, tokenizer: Any, peft_method: str, report: str
+) -> dict:
+    """Save an RL run's policy (adapter/ for PEFT, else model/) and its report; the command's summary.
+    `result` is a PPOResult or GRPOResult (history, step, checkpoint)."""
+    from plmkit.interop.hf import save_hf
+    from plmkit.io import write_json
+
+    out = Path(out_dir)
+    if peft_method:
         from plmkit.peft import save_adapter
 
         saved = save_adapter(policy, out / "adapter")
     else:
         saved = save_hf(policy.eval(), out / "model", tokenizer=tokenizer)
     last = result.history[-1] if result.history else {}
-    report = {
+    write_json(out / report, {
         "steps": result.step,
-        "prompts": len(prompts),
+        "prompts": num_prompts,
         "first": result.history[0] if result.history else {},
         "last": last,
         "saved": str(saved),
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-    }
-    with atomic_file(out / "ppo_report.json") as handle:
-        handle.write(json.dumps(report, indent=1) + "\n")
+    }, indent=1)
     return {"out_dir": str(out), "steps": result.step, "reward": last.get("reward"), "kl": last.get("kl")}
