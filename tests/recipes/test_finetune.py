@@ -167,12 +167,12 @@ def test_default_lengths_follow_the_task_and_model():
     big, small = BertModel(BertConfig(d_model=8, num_layers=1, num_heads=1, vocab_size=10)), BertModel(
         BertConfig(d_model=8, num_layers=1, num_heads=1, vocab_size=10, max_positions=64))
     qa, cls = finetune.TASKS["qa"], finetune.TASKS["classification"]
-    resolved = finetune._resolve_lengths(d, qa, big)  # transformers' run_qa.py windows
+    resolved = finetune.resolve_lengths(d, qa.max_length, big)  # transformers' run_qa.py windows
     assert (resolved.max_length, resolved.stride) == (384, 128)
-    assert finetune._resolve_lengths(d, cls, big).max_length == 128
-    resolved = finetune._resolve_lengths(d, qa, small)  # never past the position table
+    assert finetune.resolve_lengths(d, cls.max_length, big).max_length == 128
+    resolved = finetune.resolve_lengths(d, qa.max_length, small)  # never past the position table
     assert (resolved.max_length, resolved.stride) == (64, 21)
-    explicit = finetune._resolve_lengths(finetune.DataConfig(max_length=200, stride=50), qa, big)
+    explicit = finetune.resolve_lengths(finetune.DataConfig(max_length=200, stride=50), qa.max_length, big)
     assert (explicit.max_length, explicit.stride) == (200, 50)
 
 

@@ -256,6 +256,19 @@ HELD_OUT_TASKS: dict[str, HeldOutTask] = {
 }
 
 
+def resolve_lengths(d: Any, default_length: int, model: nn.Module) -> Any:
+    """A data config's lengths left at 0 take the task's default, capped at the model's positions (as
+    run_qa.py caps at the tokenizer's), and a stride of a third of the window, so the defaults always fit
+    together; `d` is any dataclass with `max_length` and `stride` (finetune's, eval's)."""
+    max_length = d.max_length
+    if max_length == 0:
+        max_length = default_length
+        positions = getattr(model.config, "max_positions", None)
+        if positions:
+            max_length = min(max_length, positions)
+    return replace(d, max_length=max_length, stride=d.stride or max_length // 3)
+
+
 # ---- a whole file, for `plmkit eval --task` / `plmkit predict --task` ------------------------------------
 
 
@@ -321,13 +334,7 @@ def prepare(
         n = getattr(getattr(head, "classifier", None), "out_features", len(labels))
         if n != len(labels):
             raise ConfigError(f"{where}: the head predicts {n} labels but {len(labels)} names are given")
-    max_length = d.max_length
-    if max_length == 0:
-        max_length = task.max_length
-        positions = getattr(model.config, "max_positions", None)
-        if positions:
-            max_length = min(max_length, positions)
-    d = replace(d, max_length=max_length, stride=d.stride or max_length // 3)
+    d = resolve_lengths(d, task.max_length, model)
     records = task.read(d, d.eval_file, labels if task.needs_labels else None)
     if d.max_eval_examples > 0:
         records = records[: d.max_eval_examples]

@@ -42,6 +42,7 @@ from plmkit.evaluation.heldout import (  # the scoring `plmkit eval` runs on any
     read_classification,
     read_qa,
     read_tagging,
+    resolve_lengths,
 )
 from plmkit.evaluation.text2text import evaluate_text2text, read_text2text
 from plmkit.io import write_json, write_text
@@ -240,18 +241,6 @@ def _write_label_names(model_dir: Path, labels: Sequence[str]) -> None:
     write_json(config_path, config)
 
 
-def _resolve_lengths(d: DataConfig, task: Task, model: nn.Module) -> DataConfig:
-    """Lengths left at 0 take the task's default, capped at the model's positions (as run_qa.py caps
-    at the tokenizer's), and a stride of a third of the window, so the defaults always fit together."""
-    max_length = d.max_length
-    if max_length == 0:
-        max_length = task.max_length
-        positions = getattr(model.config, "max_positions", None)
-        if positions:
-            max_length = min(max_length, positions)
-    return replace(d, max_length=max_length, stride=d.stride or max_length // 3)
-
-
 def run(cfg: Config) -> dict:
     from plmkit.data.batches import ShuffledBatches
     from plmkit.interop.hf import FAMILIES, load, save_hf
@@ -281,7 +270,7 @@ def run(cfg: Config) -> dict:
     info = distributed.init_distributed(cfg.device)  # joins torchrun's process group; no-op alone
     pretrained = load(cfg.pretrained)
     tokenizer = pretrained.require_tokenizer()
-    cfg = replace(cfg, data=_resolve_lengths(d, task, pretrained.model))
+    cfg = replace(cfg, data=resolve_lengths(d, task.max_length, pretrained.model))
     d = cfg.data
     model = build_task_model(pretrained.model, task, len(labels), cfg)
     model_type = getattr(model.config, "model_type", None)
