@@ -249,6 +249,8 @@ def run(ctx: Context) -> Result:
             f"token ({gpt_rec['curve'][-1][1]:.2f})."
         ),
         supported=supported,
+        key=f"blank top-1: BERT {top1[bert_name]:.0%} vs GPT left-to-right {top1[left_name]:.0%}; 1 of 5: "
+        f"{of5[bert_name]:.0%} vs {of5[left_name]:.0%}",
         metrics={
             "top1": top1,
             "of5": of5,

@@ -59,6 +59,9 @@ class Result:
     plots: dict[str, bytes] = field(default_factory=dict)  # file stem -> PNG bytes
     seconds: float = 0.0
     error: str | None = None
+    # The one number the report's opening table shows, e.g. "distilled student 92% of the teacher's
+    # accuracy"; set by the experiment (which knows its headline), empty -> the first sentence of `result`.
+    key: str = ""
 
 
 @dataclass

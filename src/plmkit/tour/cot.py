@@ -263,6 +263,8 @@ def run(ctx: Context) -> Result:
         f"(most common answer {baseline:.0%}); greedy steps with the right operand {operand_ok:.0%}, with "
         f"correct arithmetic {arithmetic_ok:.0%}.",
         supported=supported,
+        key=f"direct {scores['direct']:.0%} vs chain-of-thought {scores['cot_greedy']:.0%}; vote of {k} "
+        f"{scores['self_consistency']:.0%} vs one sample {scores['cot_one_sample']:.0%}",
         metrics={
             **scores,
             "majority_baseline": baseline,

@@ -85,6 +85,8 @@ def run(ctx: Context) -> Result:
         + ", ".join(f"{k}-shot {pair_accuracy[k]:.0%}" for k in SHOTS)
         + f" (majority class {pair_baseline:.0%}).",
         supported=supported,
+        key=f"0-shot {accuracy[0]:.0%}, 4-shot {accuracy[4]:.0%}, 8-shot {accuracy[8]:.0%} (majority word "
+        f"{baseline:.0%})",
         metrics={
             "accuracy": accuracy,
             "pair_accuracy": pair_accuracy,

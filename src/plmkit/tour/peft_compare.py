@@ -231,6 +231,9 @@ def run(ctx: Context) -> Result:
         + ". "
         + basis,
         supported=supported,
+        key=f"{judged.split(' (')[0]}: LoRA r=8 {bases[judged]['lora r=8']['accuracy']:.0%} vs full "
+        f"{bases[judged]['full']['accuracy']:.0%} with {bases[judged]['lora r=8']['trainable_pct']:.2f}% "
+        "of the weights trained",
         metrics={
             "bases": bases,
             "majority_baseline": baselines,

@@ -70,6 +70,9 @@ def run(ctx: Context) -> Result:
         f"BERT held-out masked-token loss {brec['dev_loss']:.2f} vs {wp_uniform:.2f} uniform and "
         f"{brec['unigram_loss']:.2f} unigram.",
         supported=supported,
+        key=f"GPT held-out loss {rec['dev_loss']:.2f} (unigram {rec['unigram_loss']:.2f}); city probe "
+        f"{acc:.0%} (most common city {baseline:.0%}); BERT {brec['dev_loss']:.2f} (unigram "
+        f"{brec['unigram_loss']:.2f})",
         metrics={
             "dev_loss": rec["dev_loss"],
             "uniform_loss": uniform,

@@ -6,6 +6,7 @@ import base64
 import html
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ th { background: #f0f0f0; }
 .no { color: #c62828; font-weight: bold; }
 .none { color: #777; font-weight: bold; }
 img { max-width: 100%; border: 1px solid #ddd; margin: .5rem 0; }
+table.claims td { vertical-align: top; }
 .meta { color: #555; }
 .err { color: #c62828; font-family: monospace; }
 """
@@ -38,6 +40,61 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def key_number(r: Result) -> str:
+    """The opening table's number for `r`: the experiment's own `key`, else the first sentence of its
+    result (the report never derives a number of its own)."""
+    if r.key:
+        return r.key
+    first = re.match(r"(.+?[.!?])(?:\s|$)", r.result, re.S)
+    return (first.group(1) if first else r.result).strip()
+
+
+def _anchors(results: Sequence[Result]) -> list[str]:
+    """One stable, unique HTML id per section, from the experiment's NAME."""
+    out: list[str] = []
+    for r in results:
+        base = re.sub(r"[^A-Za-z0-9_-]+", "-", r.name).strip("-") or "experiment"
+        anchor, n = base, 1
+        while anchor in out:
+            n += 1
+            anchor = f"{base}-{n}"
+        out.append(anchor)
+    return out
+
+
+def _md_cell(text: str) -> str:
+    # A pipe or a newline would end the markdown cell, and "<...>" would be read as HTML.
+    text = html.escape(re.sub(r"\s*\n\s*", " ", text), quote=False)
+    return text.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def _opening_table(results: Sequence[Result], anchors: Sequence[str]) -> tuple[list[str], str]:
+    """Every claim, its verdict and its key number, each row linking to its section: (markdown, html)."""
+    md = ["| experiment | claim | verdict | key number |", "|---|---|---|---|"]
+    rows = []
+    for r, anchor in zip(results, anchors):
+        cls = {True: "yes", False: "no", None: "none"}[r.supported]
+        number = f"failed: {r.error}" if r.error else key_number(r)
+        title = _md_cell(r.title).replace("[", "\\[").replace("]", "\\]")
+        md.append(
+            f"| [{title}](#{anchor}) | {_md_cell(r.claim)} | {VERDICT[r.supported]} | {_md_cell(number)} |"
+        )
+        number_html = (
+            f"<span class='err'>{html.escape(number)}</span>" if r.error else html.escape(number)
+        )
+        rows.append(
+            f"<tr><td><a href='#{html.escape(anchor)}'>{html.escape(r.title)}</a></td>"
+            f"<td>{html.escape(r.claim)}</td><td class='{cls}'>{html.escape(VERDICT[r.supported])}</td>"
+            f"<td>{number_html}</td></tr>"
+        )
+    page = (
+        "<table class='claims'><tr><th>experiment</th><th>claim</th><th>verdict</th><th>key number</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+    return md, page
 
 
 def _md_table_to_html(md: str) -> str:
@@ -62,13 +119,18 @@ def write_report(results: Sequence[Result], out: str | Path, meta: dict[str, Any
         f"seed {meta['seed']}, {'quick' if meta['quick'] else 'full'} run on {meta['device']}, "
         f"{meta['seconds']:.0f}s in total, plmkit {meta['version']}"
     )
-    md = ["# plmkit tour report", "", head, "", summary, ""]
+    anchors = _anchors(results)
+    table_md, table_html = _opening_table(results, anchors)
+    md = ["# plmkit tour report", "", head, "", summary, "", *table_md, ""]
     body = [
         f"<h1>plmkit tour report</h1><p class='meta'>{html.escape(head)}</p><p>{html.escape(summary)}</p>"
+        + table_html
     ]
-    for r in results:
+    for r, anchor in zip(results, anchors):
         cls = {True: "yes", False: "no", None: "none"}[r.supported]
         md += [
+            f'<a id="{anchor}"></a>',
+            "",
             f"## {r.title}",
             "",
             f"**Claim.** {r.claim}",
@@ -81,7 +143,7 @@ def write_report(results: Sequence[Result], out: str | Path, meta: dict[str, Any
             "",
         ]
         body.append(
-            f"<h2>{html.escape(r.title)}</h2>"
+            f"<h2 id='{html.escape(anchor)}'>{html.escape(r.title)}</h2>"
             f"<p><b>Claim.</b> {html.escape(r.claim)}</p><p><b>Setup.</b> {html.escape(r.setup)}</p>"
             f"<p><b>Result.</b> {html.escape(r.result)}</p>"
             f"<p><b>Verdict.</b> <span class='{cls}'>The result {VERDICT[r.supported]}.</span> "
@@ -112,6 +174,7 @@ def write_report(results: Sequence[Result], out: str | Path, meta: dict[str, Any
                 "title": r.title,
                 "supported": r.supported,
                 "result": r.result,
+                "key": key_number(r),
                 "seconds": r.seconds,
                 "error": r.error,
                 "metrics": r.metrics,

@@ -40,6 +40,8 @@ def run(ctx: Context) -> Result:
         f"WordPiece: {metrics['wordpiece']['tokens_per_word']:.2f} tokens/word, "
         f"{metrics['wordpiece']['unk_tokens']} unknown.",
         supported=supported,
+        key=f"BPE {metrics['bpe']['unk_tokens']} unknown tokens, {metrics['bpe']['tokens_per_word']:.2f} "
+        f"tokens/word; WordPiece {metrics['wordpiece']['unk_tokens']} unknown",
         metrics=metrics,
         tables=[
             table(["tokenizer", "vocab", "tokens/word", "unknown tokens"], rows),

@@ -36,7 +36,7 @@ NAME = "transfer"
 TITLE = "c. Pretrain, then fine-tune: pretrained BERT vs random initialization with few labels"
 CLAIM = (
     "With few labelled examples, starting from pretrained weights beats training the same architecture "
-    "from random initialization by a clear margin; the gap shrinks as labels grow."
+    "from random initialization by a clear margin."
 )
 LABELS = (32, 128, 512)
 IGNORE = -100
@@ -131,6 +131,16 @@ def run(ctx: Context) -> Result:
         gaps[task][LABELS[0]] >= 0.05 and sum(gaps[task].values()) / len(LABELS) >= 0.05 for task in gaps
     )
 
+    def trend(task: str, unit: str) -> str:
+        # Measured, not claimed: the lecture's "the gap shrinks as labels grow" is not tested by the verdict
+        # (on seeds 0-2 the sentiment gap grew with the labels while the tagging gap shrank).
+        g = [gaps[task][n] for n in LABELS]
+        way = "grows" if g[-1] > g[0] else "shrinks" if g[-1] < g[0] else "stays"
+        return (
+            f"the {task} gap {way} from {LABELS[0]} to {LABELS[-1]} labels ("
+            + "/".join(f"{x * 100:+.0f}" for x in g) + f" {unit})"
+        )
+
     def line(task: str, unit: str) -> str:
         s = scores[task]
         return f"{task} ({unit}): " + ", ".join(
@@ -157,8 +167,14 @@ def run(ctx: Context) -> Result:
         result=line("sentiment", "accuracy, pretrained vs random")
         + f" (majority class {baselines['sentiment']:.0%}); "
         + line("tagging", "entity F1")
-        + f" (always-O: F1 0, token accuracy {o_share:.0%}).",
+        + f" (always-O: F1 0, token accuracy {o_share:.0%}). Pretrained minus random: "
+        + trend("sentiment", "points")
+        + "; "
+        + trend("tagging", "F1 points")
+        + ".",
         supported=supported,
+        key=f"pretrained ahead at {LABELS[0]} labels by {gaps['sentiment'][LABELS[0]] * 100:+.0f} points "
+        f"(sentiment) and {gaps['tagging'][LABELS[0]] * 100:+.0f} F1 points (tagging)",
         metrics={
             "scores": scores,
             "gap": gaps,
