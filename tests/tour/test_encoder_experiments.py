@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 import torch
 
+from plmkit.errors import PlmkitError
 from plmkit.objectives.mlm import mask_tokens
 from plmkit.tour import bidirectional, common, compression, masking, peft_compare, transfer
 from plmkit.tour.common import Context
@@ -72,7 +73,7 @@ def test_masking_reports_reading_probe_and_downstream_scores(ctx):
     check_result(result, "masking")
     m = result.metrics
     assert set(m["reading_accuracy"]) == set(m["sentiment_accuracy"]) == set(masking.MODELS)
-    assert set(m["sentiment_accuracy_cls"]) == set(masking.MODELS)
+    assert set(m["sentiment_accuracy_cls"]) == set(masking.CLS_MODELS)
     assert set(m["sentiment_accuracy_by_seed"]) == {"mean", "[CLS]"}
     # The NSP part is judged on the mean-pooled readout ([CLS] is trained by NSP alone).
     accuracy = m["sentiment_accuracy"]
@@ -80,10 +81,93 @@ def test_masking_reports_reading_probe_and_downstream_scores(ctx):
     for probes in m["reading_accuracy"].values():
         assert set(probes) == {"[MASK]", "random token", "unchanged"}
     assert 0.0 < m["majority_baseline"] < 1.0
-    # The verdict is the conjunction of the claim's parts, each reported.
-    parts = ("reads_real_tokens_better_with_80_10_10", "finetune_within_5_points", "nsp_does_not_help")
-    assert result.supported == (all(m[p] for p in parts) and result.supported)
-    assert "Parts of the claim:" in result.result
+    # The matched model is a checkpoint of the shared BERT's run, at the loss closest to always [MASK]'s.
+    losses, curve = m["heldout_mask_loss"], dict(m["matched_curve"])
+    assert m["matched_step"] in {step for step, _ in common.bert_snapshots(ctx)}
+    assert losses["80/10/10, same loss"] == curve[m["matched_step"]]
+    assert all(abs(loss - losses["always [MASK]"]) >= abs(curve[m["matched_step"]] - losses["always [MASK]"])
+               for loss in curve.values())
+    # --quick, one seed: four backbones on the mean of the states, the NSP pair also on [CLS].
+    assert m["finetune_steps"] == 60 * (len(masking.MODELS) + len(masking.CLS_MODELS))
+    # The verdict is the conjunction of the claim's parts, each reported, recomputed from the metrics.
+    parts = masking.verdict(m["reading_accuracy"], accuracy, losses, m["majority_baseline"])
+    assert result.supported == parts["supported"]
+    assert all(m[k] == v for k, v in parts.items() if k != "supported")
+    assert "Parts of the claim:" in result.result and "same loss" in result.key
+
+
+def readings(**by_model):
+    return {name: dict(zip(("[MASK]", "random token", "unchanged"), by_model[key]))
+            for name, key in zip(masking.MODELS, ("ref", "matched", "always", "nsp"))}
+
+
+def test_masking_verdict_compares_always_mask_with_the_checkpoint_at_its_loss():
+    read = readings(ref=(0.68, 0.60, 0.91), matched=(0.55, 0.45, 0.85), always=(0.54, 0.28, 0.11),
+                    nsp=(0.40, 0.30, 0.85))
+    tuned = {"80/10/10": 0.84, "80/10/10, same loss": 0.80, "always [MASK]": 0.78, "80/10/10 + NSP": 0.83}
+    losses = {"80/10/10": 1.15, "80/10/10, same loss": 1.93, "always [MASK]": 1.88, "80/10/10 + NSP": 2.3}
+    parts = masking.verdict(read, tuned, losses, 0.5)
+    assert parts["supported"] and parts["matched_loss"] and parts["on_plateau"] == []
+    # 6 points behind at the same loss: the fine-tuning part fails, whatever the step-matched gap.
+    behind = masking.verdict(read, {**tuned, "always [MASK]": 0.74}, losses, 0.5)
+    assert not behind["finetune_within_5_points"] and not behind["supported"]
+    # A checkpoint 0.12 nats off is no match: both matched parts are untested, so they fail.
+    far = masking.verdict(read, tuned, {**losses, "80/10/10, same loss": 2.00}, 0.5)
+    assert not (far["matched_loss"] or far["reads_real_tokens_better_with_80_10_10"]
+                or far["finetune_within_5_points"] or far["supported"])
+    assert far["nsp_does_not_help"]  # judged after the same steps, as RoBERTa did
+    # NSP 3 points above no NSP: that part fails.
+    assert not masking.verdict(read, {**tuned, "80/10/10 + NSP": 0.87}, losses, 0.5)["supported"]
+    # A model under 25% at [MASK] is on the plateau: nothing is compared with it.
+    flat = readings(ref=(0.68, 0.60, 0.91), matched=(0.55, 0.45, 0.85), always=(0.12, 0.12, 0.12),
+                    nsp=(0.40, 0.30, 0.85))
+    assert masking.verdict(flat, tuned, losses, 0.5)["on_plateau"] == ["always [MASK]"]
+    assert not masking.verdict(flat, tuned, losses, 0.5)["matched_loss"]
+
+
+def test_matched_checkpoint_finds_the_closest_loss_with_few_evaluations():
+    losses = [5.74, 4.94, 4.78, 4.26, 3.52, 2.71, 2.25, 2.03, 1.81, 1.69, 1.59, 1.49, 1.33, 1.15]
+    calls = []
+
+    def loss_at(i):
+        calls.append(i)
+        return losses[i]
+
+    index, seen = common.matched_checkpoint(len(losses), loss_at, 1.88)
+    assert index == 8 and seen[8] == 1.81  # |1.81 - 1.88| < |2.03 - 1.88|
+    assert len(set(calls)) == len(calls) <= 7 and set(seen) == set(calls) and list(seen) == sorted(seen)
+    assert common.matched_checkpoint(len(losses), losses.__getitem__, 2.2)[0] == 6
+    assert common.matched_checkpoint(len(losses), losses.__getitem__, 9.0)[0] == 0  # above the whole run
+    assert common.matched_checkpoint(len(losses), losses.__getitem__, 0.5)[0] == 13  # below its end
+    # Noise along the run: the first checkpoint at or below the target, or a neighbour; earliest on a tie.
+    assert common.matched_checkpoint(4, [3.0, 2.0, 2.1, 1.5].__getitem__, 2.05)[0] == 1
+    with pytest.raises(PlmkitError, match="no checkpoints"):
+        common.matched_checkpoint(0, losses.__getitem__, 2.0)
+
+
+def test_snapshots_leave_the_run_unchanged_and_end_with_the_final_model(ctx):
+    tok = ctx.wordpiece()
+    rows = list(common.with_cls(tok, common.encoder_windows(ctx)[0]))
+    runs = []
+    for every in (0, 5):
+        torch.manual_seed(0)
+        model = common.bert_mlm(common.bert_config(ctx, tok.vocab_size))
+        runs.append((model, common.pretrain_encoder(ctx, model, common.make_mlm(tok, 0), rows, "t",
+                                                    snapshot_every=every)))
+    (plain, plain_rec), (kept, kept_rec) = runs
+    assert "snapshots" not in plain_rec and plain_rec["curve"] == kept_rec["curve"]
+    assert all(torch.equal(v, kept.state_dict()[k]) for k, v in plain.state_dict().items())
+    steps = [step for step, _ in kept_rec["snapshots"]]
+    assert steps == [5, 10, TINY.steps]
+    assert all(torch.equal(v, kept.state_dict()[k]) for k, v in kept_rec["snapshots"][-1][1].items())
+    assert any(not torch.equal(v, kept.state_dict()[k]) for k, v in kept_rec["snapshots"][0][1].items())
+    # The shared BERT keeps its run's checkpoints for e and f; its last one is the model itself.
+    bert, _ = ctx.pretrained_bert()
+    last_step, last = common.bert_snapshots(ctx)[-1]
+    assert last_step == TINY.steps and all(torch.equal(v, bert.state_dict()[k]) for k, v in last.items())
+    stranger = Context(seed=0, quick=True, work=ctx.work, log=ctx.log, cache={"bert": ctx.cache["bert"]})
+    with pytest.raises(PlmkitError, match="without its run's snapshots"):
+        common.bert_snapshots(stranger)
 
 
 def test_compression_student_has_half_the_layers_and_fewer_parameters(ctx):
@@ -96,9 +180,32 @@ def test_compression_student_has_half_the_layers_and_fewer_parameters(ctx):
     assert m["size_ratio"] == pytest.approx(params["student, distilled"] / params["BERT teacher"])
     assert "| student, distilled | 1 |" in result.tables[0]
     # The verdict is the two parts (and a teacher that learned); the transfer set is extra, unlabelled text.
-    assert result.supported <= (m["distillation_holds"] and m["albert_holds"])
+    parts = compression.verdict(m["accuracy"], params, m["heldout_mask_loss"], m["majority_baseline"])
+    assert result.supported == parts["supported"]
+    assert all(m[k] == v for k, v in parts.items() if k != "supported")
     assert m["transfer_reviews"] > 0 and m["labelled_reviews"] > 0
     assert "Parts of the claim:" in result.result and f"plus {m['transfer_reviews']} more" in result.setup
+    # ALBERT's comparison: a checkpoint of the teacher's own pretraining run at ALBERT's held-out loss.
+    assert params["BERT, same loss"] == params["BERT teacher"]
+    assert m["matched_step"] in {step for step, _ in common.bert_snapshots(ctx)}
+    assert m["heldout_mask_loss"]["BERT, same loss"] == dict(m["matched_curve"])[m["matched_step"]]
+
+
+def test_compression_verdict_judges_albert_against_the_bert_at_its_loss():
+    params = {"BERT teacher": 1000, "student, distilled": 630, "student, labels only": 630, "ALBERT": 480,
+              "BERT, same loss": 1000}
+    scores = {"BERT teacher": 0.96, "student, distilled": 0.93, "student, labels only": 0.91, "ALBERT": 0.88,
+              "BERT, same loss": 0.90}
+    losses = {"ALBERT": 1.62, "BERT, same loss": 1.59, "BERT teacher": 1.15}
+    parts = compression.verdict(scores, params, losses, 0.5)
+    # 8 points behind the teacher after the same steps, 2 behind the BERT at the same loss.
+    assert parts["supported"] and parts["albert_holds"] and not parts["albert_holds_after_same_steps"]
+    assert parts["score_ratio"] == pytest.approx(0.93 / 0.96)
+    assert not compression.verdict({**scores, "ALBERT": 0.84}, params, losses, 0.5)["albert_holds"]
+    assert not compression.verdict(scores, params, {**losses, "BERT, same loss": 1.75}, 0.5)["supported"]
+    assert not compression.verdict(scores, {**params, "ALBERT": 500}, losses, 0.5)["albert_holds"]
+    # The distillation part is unchanged: 95% of the teacher and no worse than labels only.
+    assert not compression.verdict({**scores, "student, distilled": 0.90}, params, losses, 0.5)["supported"]
 
 
 def test_one_bert_pretrained_on_world_paragraphs_without_labelled_episodes(ctx):

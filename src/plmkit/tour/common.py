@@ -24,6 +24,7 @@ from torch import nn
 
 from plmkit.data.batches import ShuffledBatches
 from plmkit.data.tokenizer import Tokenizer, train_tokenizer
+from plmkit.errors import PlmkitError
 from plmkit.models.bert import BertConfig, bert_mlm
 from plmkit.models.gpt import GPT2Config, gpt2_lm
 from plmkit.objectives.clm import causal_lm_loss
@@ -353,14 +354,25 @@ def pretrain_encoder(
     name: str,
     lr: float | None = None,
     steps: int | None = None,
+    snapshot_every: int = 0,
 ) -> dict[str, Any]:
     """Train `model` on windows with the plmkit loop; returns a training record. Every encoder of the tour
-    (and d's GPT) goes through here with the same steps, batch size, seed and schedule."""
+    (and d's GPT) goes through here with the same steps, batch size, seed and schedule. `snapshot_every`
+    > 0 adds "snapshots": [(step, state dict copy)] every that many steps and at the end; keeping them
+    draws no random numbers, so the run itself is the same with or without."""
     s = encoder_sizes(ctx)
     if steps is not None:
         s = dataclasses.replace(s, steps=steps)
     torch.manual_seed(ctx.seed)
     batches = ShuffledBatches(inputs, _stack_ids, batch_size=s.batch, seed=ctx.seed)
+    snapshots: list[tuple[int, dict[str, torch.Tensor]]] = []
+
+    def keep(trained: nn.Module) -> dict[str, float]:
+        # The loop calls this every `eval_every` steps before the end and once after the last step.
+        step = min((len(snapshots) + 1) * snapshot_every, s.steps)
+        snapshots.append((step, {k: v.detach().clone() for k, v in trained.state_dict().items()}))
+        return {}
+
     start = time.perf_counter()
     result = train(
         model.to(ctx.device),
@@ -368,16 +380,20 @@ def pretrain_encoder(
         batches,
         train_config(
             ctx, s.steps, lr or s.lr, name, weight_decay=0.01, schedule=s.schedule,
-            warmup_steps=min(s.warmup, s.steps // 5), progress=True,
+            warmup_steps=min(s.warmup, s.steps // 5), progress=True, eval_every=max(snapshot_every, 0),
         ),
+        eval_fn=keep if snapshot_every > 0 else None,
     )
     model.eval()
-    return {
+    record = {
         "steps": s.steps,
         "seconds": time.perf_counter() - start,
         "curve": [(row["step"], row["loss"]) for row in result.history if "loss" in row],
         "params": sum(p.numel() for p in model.parameters()),
     }
+    if snapshot_every > 0:
+        record["snapshots"] = snapshots
+    return record
 
 
 def _stack_ids(rows: list[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -393,7 +409,10 @@ def pretrain_bert(ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
     torch.manual_seed(ctx.seed)
     model = bert_mlm(bert_config(ctx, tok.vocab_size))
     rows = with_cls(tok, train_windows)
-    record = pretrain_encoder(ctx, model, make_mlm(tok, ctx.seed), list(rows), "bert-mlm")
+    record = pretrain_encoder(
+        ctx, model, make_mlm(tok, ctx.seed), list(rows), "bert-mlm", snapshot_every=BERT_SNAPSHOT_EVERY
+    )
+    ctx.cache["bert_snapshots"] = record.pop("snapshots")
     masking = masking_config(tok)
     dev_rows = with_cls(tok, dev_windows).tolist()
     record.update(
@@ -406,6 +425,99 @@ def pretrain_bert(ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
         d_model=s.d_model,
     )
     return model, record
+
+
+# e and f compare encoders that learn more slowly per step (always [MASK], ALBERT) with the shared BERT at
+# the same held-out masked-LM loss: the BERT's own run kept every 20 steps (~2 MB each, 40 copies in the
+# full tour) gives that checkpoint without training another reference. Between held-out losses 2.5 and 1.5
+# (where those encoders end) the seed-0 run moves 0.02-0.18 nats per 20 steps, so the closest checkpoint is
+# within 0.09 of any loss there (MATCH_TOLERANCE).
+BERT_SNAPSHOT_EVERY = 20
+# A match further off than this leaves the matched comparison untested: a tenth of a nat is a sixth of the
+# smallest gap (0.6) between the step-matched pairs that e and f compared before matching.
+MATCH_TOLERANCE = 0.1
+
+
+def bert_snapshots(ctx: Context) -> list[tuple[int, dict[str, torch.Tensor]]]:
+    """The shared BERT's weights during its run: [(step, state dict)], every `BERT_SNAPSHOT_EVERY` steps
+    and the final model last."""
+    ctx.pretrained_bert()
+    if "bert_snapshots" not in ctx.cache:
+        raise PlmkitError(
+            "tour: the Context's shared BERT came without its run's snapshots (ctx.cache['bert_snapshots']); "
+            "build it with Context.pretrained_bert()"
+        )
+    return ctx.cache["bert_snapshots"]
+
+
+@torch.no_grad()
+def masked_heldout_loss(ctx: Context, model: nn.Module, draws: int = 2) -> float:
+    """Cross-entropy (nats) at 15% of the held-out windows' tokens, every target shown as [MASK], over
+    `draws` fixed masks: the prediction every MLM objective of the tour trains (80/10/10, always [MASK],
+    with NSP, ALBERT), so encoders trained with different corruptions compare on one scale."""
+    tok = ctx.wordpiece()
+    _, dev_windows = encoder_windows(ctx)
+    rows = with_cls(tok, dev_windows)
+    cfg = dataclasses.replace(masking_config(tok), mask_fraction=1.0, random_fraction=0.0)
+    total, count = 0.0, 0
+    model.eval()
+    for draw in range(draws):
+        masked, labels = mask_tokens(rows, cfg, torch.Generator().manual_seed(4321 + draw))
+        out = model(masked.to(ctx.device))
+        logits = out.mlm_logits if hasattr(out, "mlm_logits") else out
+        loss_sum, n = mlm_loss(logits, labels.to(ctx.device))
+        total, count = total + float(loss_sum), count + int(n)
+    return total / max(count, 1)
+
+
+def matched_checkpoint(
+    n: int, loss_at: Callable[[int], float], target: float
+) -> tuple[int, dict[int, float]]:
+    """Index in 0..n-1 of the checkpoint of a run whose loss (`loss_at(i)`) is closest to `target`, the
+    loss another run ended at: a binary search for the first checkpoint at or below `target` (losses fall
+    along a run), then the closest of it and its two neighbours (the earliest on a tie), so a run of 40
+    checkpoints costs about 9 evaluations. Returns (index, {index: loss} of every checkpoint evaluated)."""
+    if n < 1:
+        raise PlmkitError("matched_checkpoint: the reference run kept no checkpoints")
+    seen: dict[int, float] = {}
+
+    def loss(i: int) -> float:
+        if i not in seen:
+            seen[i] = float(loss_at(i))
+        return seen[i]
+
+    lo, hi = 0, n - 1
+    if loss(hi) <= target:
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if loss(mid) <= target:
+                hi = mid
+            else:
+                lo = mid + 1
+    else:
+        lo = hi  # the run ended above `target`: its last checkpoint is the closest it came
+    best = min((i for i in (lo - 1, lo, lo + 1) if 0 <= i < n), key=lambda i: (abs(loss(i) - target), i))
+    return best, dict(sorted(seen.items()))
+
+
+def bert_at_loss(ctx: Context, target: float) -> tuple[nn.Module, dict[str, Any]]:
+    """The checkpoint of the shared 80/10/10 BERT's run whose held-out [MASK] loss is closest to `target`:
+    (model, {"step", "loss", "curve": [(step, loss)] of the checkpoints evaluated})."""
+    snapshots = bert_snapshots(ctx)
+    model = copy.deepcopy(ctx.pretrained_bert()[0])
+
+    def loss_at(i: int) -> float:
+        model.load_state_dict(snapshots[i][1])
+        return masked_heldout_loss(ctx, model)
+
+    index, seen = matched_checkpoint(len(snapshots), loss_at, target)
+    model.load_state_dict(snapshots[index][1])
+    model.eval()
+    return model, {
+        "step": snapshots[index][0],
+        "loss": seen[index],
+        "curve": [(snapshots[i][0], loss) for i, loss in seen.items()],
+    }
 
 
 # The shared BERT learns which review words are positive or negative late: a masked-verdict probe ("it is
