@@ -69,8 +69,8 @@ TITLE = "f. Compression: distillation into half the layers; ALBERT-style sharing
 CLAIM = (
     "A student with half the teacher's layers, distilled from the teacher's soft predictions, keeps most "
     "of its score (DistilBERT: 97% of BERT's at 60% of the size) and beats the same student trained on "
-    "the labels alone; sharing one block across layers and factorizing the embeddings (ALBERT) cuts the "
-    "parameters several-fold at a small cost in score against a BERT pretrained to the same masked-LM loss."
+    "the labels alone; sharing one block across layers and factorizing the embeddings (ALBERT) more than "
+    "halves the parameters at a small cost in score against a BERT pretrained to the same masked-LM loss."
 )
 # Thresholds fixed before measuring (unchanged by the matching): the distilled student at 95% of the
 # teacher's score or more and no worse than labels only; ALBERT under half of BERT's parameters and at most
