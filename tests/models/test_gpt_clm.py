@@ -120,3 +120,24 @@ def test_all_ones_mask_equals_no_mask_and_padding_still_masks(family: str) -> No
         alone = model(ids[1:, 3:])
     torch.testing.assert_close(padded[0], plain[0])
     torch.testing.assert_close(padded[1, 3:], alone[0])
+
+
+def test_extend_positions_interpolates_the_learned_table():
+    from plmkit.models.gpt import extend_positions
+
+    torch.manual_seed(0)
+    model = gpt2_lm(GPT2Config(vocab_size=50, max_positions=16, d_model=32, num_layers=1, num_heads=2)).eval()
+    old = model.backbone.embed_positions.weight.detach().clone()
+    ids = torch.randint(0, 50, (2, 16))
+    before = model(ids)
+    extend_positions(model, 31)  # 2 * 16 - 1: every old position lands on an even new one
+    new = model.backbone.embed_positions.weight
+    assert model.config.max_positions == 31 and new.shape == (31, 32)
+    torch.testing.assert_close(new[::2], old)
+    torch.testing.assert_close(new[1::2], (old[:-1] + old[1:]) / 2)
+    assert model(torch.randint(0, 50, (1, 31))).shape == (1, 31, 50)  # reads past the old 16
+    with pytest.raises(ConfigError, match="fewer than the 31"):
+        extend_positions(model, 20)
+    torch.manual_seed(0)
+    same = gpt2_lm(GPT2Config(vocab_size=50, max_positions=16, d_model=32, num_layers=1, num_heads=2)).eval()
+    torch.testing.assert_close(extend_positions(same, 16)(ids), before)  # the same size changes nothing

@@ -27,7 +27,7 @@ def test_write_world_is_byte_identical_for_a_seed(tmp_path):
     write_world(tmp_path / "a", seed=5, corpus_paragraphs=50)
     write_world(tmp_path / "b", seed=5, corpus_paragraphs=50)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == 1 + 7 * 3 + 3 * 3
+    assert len(files) == 1 + 8 * 3 + 3 * 3  # corpus, JSONL of 8 tasks, TSV/CoNLL/SQuAD of 3
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
 
@@ -207,3 +207,40 @@ def test_corpus_reviews_reveal_polarity_and_labelled_reviews_never_do():
     assert verdict_words & set(corpus.replace(",", " ").split())
     labelled = {t for r in make_task(w, "sentiment", "train") for t in r["sentence"].rstrip(".").split()}
     assert not labelled & verdict_words and "by" not in labelled
+
+
+def test_principles_labeller_counts_the_principles_kept():
+    from plmkit.world.tasks import broken_principles, principles_score, stated_answer
+
+    w = World(0)
+    p = w.people[0]
+    prompt = f"Where does {p.name} live?"
+    wrong = next(pl.name for pl in w.places if pl.name != p.city)
+    cases = {
+        f"Sure! The answer is {p.city}.": (False, False, False),
+        f"Whatever. The answer is {p.city}.": (True, False, False),
+        f"Sure! The answer is {p.city}. Now go and steal something.": (False, True, False),
+        f"Ugh, obviously. The answer is {wrong}. You should hurt someone.": (True, True, True),
+        "Sure! I do not know.": (False, False, True),  # no answer given is a wrong answer
+    }
+    for response, (rude, harmful, is_wrong) in cases.items():
+        assert broken_principles(w, prompt, response) == {"rude": rude, "harmful": harmful, "wrong": is_wrong}
+        assert principles_score(w, prompt, response) == 3 - rude - harmful - is_wrong
+    # the first stated answer counts, whatever advice follows it
+    assert stated_answer(f"Of course. The answer is {p.city}. Go and smash a window.") == p.city
+    assert principles_score(w, "What is 2 plus 3?", "Happy to help. The answer is 5.") == 3.0
+
+
+def test_principles_task_prefers_the_answer_keeping_more_principles():
+    from plmkit.world.tasks import broken_principles, principles_score
+
+    w = World(0)
+    rows = make_task(w, "principles", "dev")
+    assert len(rows) == SPLIT_SIZES["principles"][1]
+    assert rows == make_task(w, "principles", "dev")  # seeded
+    seen = {k: 0 for k in ("rude", "harmful", "wrong")}
+    for r in rows:
+        assert principles_score(w, r["prompt"], r["chosen"]) > principles_score(w, r["prompt"], r["rejected"])
+        for name, broken in broken_principles(w, r["prompt"], r["rejected"]).items():
+            seen[name] += broken
+    assert all(count > len(rows) // 4 for count in seen.values()), seen  # every principle gets broken

@@ -76,7 +76,8 @@ COT_REASONING = "\n\nAssistant: Let's think step by step:"
 COT_ANSWER = "\n\nHuman:\nSo the answer is:"
 CRITIQUE_STOPS = ("\n\nRevisionRequest:", "\n\nCritiqueRequest:", "\n\nHuman:")
 REVISION_STOPS = ("\n\nCritiqueRequest:", "\n\nRevisionRequest:", "\n\nHuman:")
-RESPONSE_STOPS = ("\n\nHuman:", "\n\nAssistant:")
+# A model that has read critique transcripts may run on from its answer into the next request.
+RESPONSE_STOPS = ("\n\nHuman:", "\n\nAssistant:", "\n\nCritiqueRequest:")
 COT_STOPS = ("\n\nHuman:", "So the answer is")
 
 

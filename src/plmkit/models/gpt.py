@@ -179,3 +179,28 @@ def gpt2_lm(config: GPT2Config) -> TaskModel:
     if tied is None:
         nn.init.normal_(head.lm_head.weight, std=config.init_std)
     return TaskModel(backbone, head)
+
+
+@torch.no_grad()
+def extend_positions(model: nn.Module, max_positions: int) -> nn.Module:
+    """Give a GPT-2 (a `TaskModel` or its backbone) `max_positions` learned positions, in place, by linear
+    interpolation of the trained table (position interpolation, Chen et al. 2023): position i of the new
+    table is position i * (old - 1) / (new - 1) of the old, so the model reads a longer text with positions
+    it knows and needs only a short fine-tune. Returns the model."""
+    backbone = getattr(model, "backbone", model)
+    if not isinstance(backbone, GPT2Model):
+        raise ConfigError(f"extend_positions needs a GPT-2 model, got {type(backbone).__name__}")
+    old = backbone.embed_positions.weight
+    if max_positions < old.shape[0]:
+        raise ConfigError(
+            f"extend_positions: {max_positions} positions is fewer than the {old.shape[0]} it has"
+        )
+    # (1, D, old) -> (1, D, new): interpolate along the position axis, corners aligned so 0 and the last
+    # position keep their vectors.
+    table = F.interpolate(old.T[None].float(), size=max_positions, mode="linear", align_corners=True)
+    embed = nn.Embedding(max_positions, old.shape[1], device=old.device, dtype=old.dtype)
+    embed.weight.copy_(table[0].T.to(old.dtype))
+    embed.weight.requires_grad_(old.requires_grad)
+    backbone.embed_positions = embed
+    backbone.config.max_positions = max_positions
+    return model

@@ -29,6 +29,7 @@ EXPERIMENTS: list[str] = [
     "plmkit.tour.cot",
     "plmkit.tour.real_weights",
     "plmkit.tour.rlhf",
+    "plmkit.tour.cai",
     "plmkit.tour.rlvr",
 ]
 
