@@ -428,7 +428,7 @@ def pretrain_bert(ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
 
 
 # e and f compare encoders that learn more slowly per step (always [MASK], ALBERT) with the shared BERT at
-# the same held-out masked-LM loss: the BERT's own run kept every 20 steps (~2 MB each, 40 copies in the
+# the same held-out masked-LM loss: the BERT's own run kept every 20 steps (2.7 MB each, 40 copies in the
 # full tour) gives that checkpoint without training another reference. Between held-out losses 2.5 and 1.5
 # (where those encoders end) the seed-0 run moves 0.02-0.18 nats per 20 steps, so the closest checkpoint is
 # within 0.09 of any loss there (MATCH_TOLERANCE).
