@@ -127,7 +127,7 @@ FULL = Sizes(
     read_steps=320,
     sl_prompts=256,
     sft_steps=60,
-    label_pairs=600,
+    label_pairs=400,
     reward_steps=60,
     ppo_steps=10,
     ppo_batch=32,
@@ -328,7 +328,7 @@ def run(ctx: Context) -> Result:
     )
     prompts, pairs, better = as_pairs(train_rows[: sizes.label_pairs])
     labels = ai_feedback(reader, tok, prompts, pairs, constitution, options=feedback_options, seed=ctx.seed)
-    dev_prompts, dev_pairs, dev_better = as_pairs(dev_rows)
+    dev_prompts, dev_pairs, dev_better = as_pairs(dev_rows[: sizes.eval_prompts])
     dev_labels = ai_feedback(
         reader, tok, dev_prompts, dev_pairs, constitution, options=feedback_options, seed=ctx.seed + 1
     )
