@@ -267,6 +267,9 @@ def run(ctx: Context) -> Result:
         f"{points['ppo']['kl']:.2f}, DPO {points['dpo']['judge']:.2f} at KL {points['dpo']['kl']:.2f} "
         f"({verdict_note}).",
         supported=supported,
+        key=f"labeller score SFT {sft_judge:.2f}, best-of-{bon['n']} {bon['judge']:.2f}, PPO "
+        f"{points['ppo']['judge']:.2f}, DPO {points['dpo']['judge']:.2f}; reward model "
+        f"{rm_dev['accuracy']:.0%}",
         metrics={
             "reward_model_dev_accuracy": rm_dev["accuracy"],
             "parts": parts,

@@ -175,6 +175,8 @@ def run(ctx: Context) -> Result:
         f"{lengths['before']:.1f} tokens long before, {lengths['after']:.1f} after; one solution sampled at "
         f"temperature {TEMPERATURE} right {before_sampled:.0%} before, {after_sampled:.0%} after.",
         supported=supported,
+        key=f"greedy accuracy {scores['before']:.0%} -> {scores['after']:.0%} after GRPO; one sample "
+        f"{before_sampled:.0%} -> {after_sampled:.0%}",
         metrics={
             "greedy_before": scores["before"],
             "greedy_after": scores["after"],
