@@ -1,7 +1,7 @@
 """Run the lecture's claims as measured experiments on the synthetic world and write a report.
 
     plmkit tour                          # every experiment (target: 10 minutes on 2 idle CPU cores)
-    plmkit tour --quick                  # smaller models and fewer steps (target: 2 minutes)
+    plmkit tour --quick                  # smaller models and fewer steps (target: 90 s on 2 cores)
     plmkit tour --only pretraining,icl --seed 1 --out tour_out
     plmkit tour --threads 1              # torch CPU threads (default: min(2, CPUs))
 
@@ -32,7 +32,7 @@ class Config:
     only: list[str] = field(
         default_factory=list, metadata={"help": "comma-separated experiments to run (all)"}
     )
-    quick: bool = field(default=False, metadata={"help": "smaller runs: the whole tour in about 2 minutes"})
+    quick: bool = field(default=False, metadata={"help": "smaller runs: the whole tour in about a minute"})
     seed: int = field(default=0, metadata={"help": "seed of the world, the models and the sampling"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
     threads: int = field(
