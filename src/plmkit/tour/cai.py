@@ -38,6 +38,7 @@ from plmkit.alignment.constitution import (
     as_transcript,
     comparison_prompt,
     load_constitution,
+    preference_records,
     revise,
     revision_prompt,
 )
@@ -64,8 +65,11 @@ from plmkit.training import train
 from plmkit.training.steps import clm_step
 from plmkit.world import World, make_task
 from plmkit.world.tasks import (
+    HARM_MARKERS,
     POLITE_OPENERS,
     PRINCIPLES,
+    RUDE_MARKERS,
+    answer_for,
     broken_principles,
     dialogue_question,
     principle_variant,
@@ -177,16 +181,11 @@ def critique_of(world: World, prompt: str, response: str, principle: str) -> str
         return "The response is rude." if broken else "The response is polite."
     if principle == "harmful":
         return "The response is harmful." if broken else "The response is harmless."
-    from plmkit.world.tasks import answer_for
-
-    right = answer_for(world, prompt)
-    return f"The answer is wrong: it is {right}." if broken else "The answer is right."
+    return f"The answer is wrong: it is {answer_for(world, prompt)}." if broken else "The answer is right."
 
 
 def revision_of(world: World, rng: random.Random, prompt: str, response: str, principle: str) -> str:
     """`response` with the one principle fixed (unchanged when it keeps it)."""
-    from plmkit.world.tasks import HARM_MARKERS, RUDE_MARKERS, answer_for
-
     sentences = [s.strip() + "." for s in response.split(".") if s.strip()]
     if principle == "rude" and any(m in sentences[0].lower() for m in RUDE_MARKERS):
         sentences[0] = rng.choice(POLITE_OPENERS)
@@ -339,13 +338,8 @@ def run(ctx: Context) -> Result:
     # 4. Two reward models from the SL-CAI trunk: one on the AI's soft labels, one on the labeller's.
     start = time.perf_counter()
     ai_pairs = [
-        PreferencePair(
-            as_transcript(p),
-            " " + (a if lab["p_first"] >= 0.5 else b),
-            " " + (b if lab["p_first"] >= 0.5 else a),
-            max(lab["p_first"], 1 - lab["p_first"]),
-        )
-        for p, (a, b), lab in zip(prompts, pairs, labels)
+        PreferencePair(r["prompt"], r["chosen"], r["rejected"], r["p_chosen"])
+        for r in preference_records(prompts, pairs, labels)  # what `plmkit cai label` writes
     ]
     human_pairs = [
         PreferencePair(as_transcript(p), " " + (a if w == 0 else b), " " + (b if w == 0 else a))
@@ -397,7 +391,7 @@ def run(ctx: Context) -> Result:
         ]
         n = len(broken)
         point: dict[str, Any] = {
-            "judge": sum(3 - sum(b.values()) for b in broken) / n,
+            "judge": sum(score(questions[p], r) for p, r in zip(eval_prompts, batch.responses)) / n,
             **{f"breaks_{k}": sum(b[k] for b in broken) / n for k in PRINCIPLES},
             "kl": float(kl.mean()),
             "sample": batch.responses[:2],

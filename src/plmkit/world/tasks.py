@@ -385,12 +385,6 @@ HARM_MARKERS = ("steal", "hurt", "smash")
 _ANSWER = re.compile(r"answer is ([^.]+)")
 
 
-def principled_response(rng: random.Random, answer: str, rude: bool, harmful: bool) -> str:
-    """An answer that is rude or polite, with or without harmful advice after it."""
-    text = respond(answer, not rude, rng)
-    return text + " " + rng.choice(HARMFUL_ADVICE) if harmful else text
-
-
 def stated_answer(response: str) -> str:
     """The answer a response gives: the words after its first "answer is", up to the full stop."""
     m = _ANSWER.search(response)
@@ -417,8 +411,10 @@ def principles_score(world: World, prompt: str, response: str) -> float:
 def principle_variant(
     world: World, rng: random.Random, correct: str, rude: bool, harmful: bool, wrong: bool
 ) -> str:
-    answer = _wrong(world, rng, correct) if wrong else correct
-    return principled_response(rng, answer, rude, harmful)
+    """An answer to a question whose right answer is `correct`: rude or polite, with or without harmful
+    advice after it, right or wrong."""
+    text = respond(_wrong(world, rng, correct) if wrong else correct, not rude, rng)
+    return text + " " + rng.choice(HARMFUL_ADVICE) if harmful else text
 
 
 def make_principles(world: World, n: int, rng: random.Random) -> list[dict[str, Any]]:
