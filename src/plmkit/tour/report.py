@@ -15,6 +15,7 @@ from plmkit.io import write_text
 from plmkit.tour.common import Result
 
 VERDICT = {True: "supports the claim", False: "does NOT support the claim", None: "no verdict"}
+VERDICT_CLASS = {True: "yes", False: "no", None: "none"}  # the CSS class that colours a verdict
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; }
 h1 { border-bottom: 2px solid #444; }
@@ -75,7 +76,7 @@ def _opening_table(results: Sequence[Result], anchors: Sequence[str]) -> tuple[l
     md = ["| experiment | claim | verdict | key number |", "|---|---|---|---|"]
     rows = []
     for r, anchor in zip(results, anchors):
-        cls = {True: "yes", False: "no", None: "none"}[r.supported]
+        cls = VERDICT_CLASS[r.supported]
         number = f"failed: {r.error}" if r.error else key_number(r)
         title = _md_cell(r.title).replace("[", "\\[").replace("]", "\\]")
         md.append(
@@ -127,7 +128,7 @@ def write_report(results: Sequence[Result], out: str | Path, meta: dict[str, Any
         + table_html
     ]
     for r, anchor in zip(results, anchors):
-        cls = {True: "yes", False: "no", None: "none"}[r.supported]
+        cls = VERDICT_CLASS[r.supported]
         md += [
             f'<a id="{anchor}"></a>',
             "",
